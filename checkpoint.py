@@ -1,0 +1,106 @@
+"""Checkpoints: one format for every stage, written atomically, loaded safely.
+
+A checkpoint is a dict of plain data and tensors: format, stage, config (the model's dataclass
+as a dict, so the model can be rebuilt), run settings, seed, step, model, optimizer and ema
+weights. It is written to a temporary file and renamed, so a crash mid-write leaves the previous
+checkpoint whole, and read with torch.load(weights_only=True), so a downloaded file cannot run
+code. Loading checks the format and stage and says what is wrong in one line.
+
+Defines: model_class and build_model (the one place that maps a stage to its model),
+save_checkpoint, load_checkpoint, restore_model, and pick_device (CUDA, then MPS, then CPU).
+"""
+import os
+
+import torch
+
+from clip import CLIP, CLIPConfig
+from diffusion import DDPM, ClassifierConfig, DDPMConfig, NoisyClassifier
+from vae import AutoEncoder, VAEConfig
+from vqvae import VQVAE, VQVAEConfig
+
+FORMAT = "unclip-from-scratch/1"
+STAGES = ("ae", "dae", "vae", "vqvae", "ddpm", "classifier", "clip")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def model_class(stage):
+    """stage -> (config dataclass, model class)."""
+    if stage in ("ae", "dae", "vae"):
+        return VAEConfig, AutoEncoder
+    if stage == "vqvae":
+        return VQVAEConfig, VQVAE
+    if stage == "ddpm":
+        return DDPMConfig, DDPM
+    if stage == "classifier":
+        return ClassifierConfig, NoisyClassifier
+    if stage == "clip":
+        return CLIPConfig, CLIP
+    raise ValueError(f"unknown stage {stage!r}: choose from {', '.join(STAGES)}")
+
+
+def build_model(stage, config):
+    """stage and a dict of config fields -> model. Unknown fields are an error."""
+    config_cls, cls = model_class(stage)
+    if stage in ("ae", "dae", "vae"):
+        config = dict(config, kind=stage)
+    return cls(config_cls(**config))
+
+
+def save_checkpoint(path, state):
+    """Write to a temporary file, then rename: a crash leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not write checkpoint {path} ({e.strerror}); the previous one is "
+                      "intact. Free disk space or choose a writable --out") from None
+
+
+def load_checkpoint(path, stage=None):
+    """Read a checkpoint written by save_checkpoint; check its format and (if given) its stage."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}: train it first (python train.py "
+                              f"{stage or 'STAGE'}) or pass the right path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint of this project; "
+                              "delete it and train again") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format "
+                              f"{state.get('format') if isinstance(state, dict) else None!r})")
+    if stage is not None and state["stage"] != stage:
+        raise CheckpointError(f"{path} holds a {state['stage']!r} model, not {stage!r}: "
+                              "pass the checkpoint of that stage")
+    return state
+
+
+def restore_model(state, device="cpu", use_ema=True):
+    """Rebuild a model from a checkpoint (its own config), in eval mode."""
+    model = build_model(state["stage"], state["config"])
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError("checkpoint weights do not match its config "
+                              "(written by another version of this code?)") from None
+    return model.to(device).eval()
+
+
+def pick_device(name):
+    if name not in (None, "auto"):
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,276 @@
+"""CLIP: a text encoder and an image encoder trained so matching pairs point the same way.
+
+Radford et al. 2021 (arXiv 2103.00020). A batch of N (image, caption) pairs gives an N x N matrix
+of cosine similarities between L2-normalised embeddings, scaled by a learned temperature,
+    logits = exp(logit_scale) * I_e @ T_e^T                      (their Figure 3),
+and the loss is the cross-entropy of picking the right caption for each image and the right
+image for each caption, averaged (the symmetric InfoNCE loss). logit_scale starts at log(1/0.07)
+and is clamped at log(100) so that the logits cannot grow without bound.
+
+The text encoder is a causal transformer over the tokenizer's bytes; its feature at the
+end-of-text token, layer-normed and projected, is the text embedding. The image encoder is a
+small ViT (patches, a class token, pre-norm blocks) or a small convolutional network. Once
+trained, CLIP is frozen: DALL-E 2's prior maps its text embeddings to its image embeddings, and
+its decoder inverts the image embeddings.
+
+Zero-shot classification embeds one prompt per class (or averages many: prompt ensembling) and
+picks the class whose embedding is nearest the image's.
+
+Defines: CLIPConfig, Block (the pre-norm transformer block, reused by prior.py), TextEncoder,
+ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), load, zero_shot_weights,
+recall_at_k, shapes_zero_shot (per-attribute accuracy on shapes).
+Run `python clip.py` to train a small CLIP on shapes for two minutes and print its retrieval.
+"""
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data as datasets
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int = 64          # the joint embedding
+    context_length: int = 80     # tokens, bytes plus start and end (shapes captions <= 78)
+    text_width: int = 96
+    text_layers: int = 3
+    text_heads: int = 4
+    image_encoder: str = "vit"   # "vit" or "conv"
+    resolution: int = 32
+    patch_size: int = 4
+    vision_width: int = 96
+    vision_layers: int = 3
+    vision_heads: int = 4
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width, heads, causal=False):
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def attention(self, x):
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, heads, N, w/h)
+        return self.proj(out.transpose(1, 2).reshape(b, n, w))
+
+    def forward(self, x):  # (B, N, width) -> (B, N, width)
+        x = x + self.attention(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class TextEncoder(nn.Module):
+    """Tokens (B, L) -> (B, embed_dim): the causal transformer's feature at end-of-text."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.tokenizer = datasets.ByteTokenizer(cfg.context_length)
+        self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.text_width)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length, cfg.text_width))
+        # Causal, as in CLIP: each token sees only those before it, so the end-of-text token
+        # summarises the caption (and the same encoder can serve a language model).
+        self.blocks = nn.Sequential(*[Block(cfg.text_width, cfg.text_heads, causal=True)
+                                      for _ in range(cfg.text_layers)])
+        self.ln_final = nn.LayerNorm(cfg.text_width)
+        self.projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+
+    def forward(self, tokens, return_tokens=False):
+        x = self.ln_final(self.blocks(self.token_embedding(tokens) + self.positional_embedding))
+        eot = (tokens == self.tokenizer.eot).int().argmax(dim=1)           # (B,)
+        features = self.projection(x[torch.arange(len(x)), eot])          # (B, embed_dim)
+        return (features, x) if return_tokens else features
+
+
+class ViTEncoder(nn.Module):
+    """Images (B, 3, R, R) -> (B, embed_dim): patches, a class token, pre-norm blocks."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.resolution % cfg.patch_size:
+            raise ValueError(f"patch_size {cfg.patch_size} must divide resolution {cfg.resolution}")
+        width, n = cfg.vision_width, (cfg.resolution // cfg.patch_size) ** 2
+        self.patchify = nn.Conv2d(3, width, cfg.patch_size, stride=cfg.patch_size)
+        self.class_token = nn.Parameter(0.02 * torch.randn(width))
+        self.positional_embedding = nn.Parameter(0.02 * torch.randn(n + 1, width))
+        self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.blocks = nn.Sequential(*[Block(width, cfg.vision_heads) for _ in range(cfg.vision_layers)])
+        self.projection = nn.Linear(width, cfg.embed_dim, bias=False)
+
+    def forward(self, images):
+        x = self.patchify(images).flatten(2).transpose(1, 2)                # (B, N, width)
+        x = torch.cat([self.class_token.expand(len(x), 1, -1), x], dim=1)  # (B, N + 1, width)
+        x = self.blocks(self.ln_pre(x + self.positional_embedding))
+        return self.projection(self.ln_post(x[:, 0]))                    # the class token
+
+
+class ConvEncoder(nn.Module):
+    """Images (B, 3, R, R) -> (B, embed_dim): stride-2 convolutions, global average pooling."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        w, layers, c_in = cfg.vision_width, [], 3
+        for c_out in (w // 4, w // 2, w):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out),
+                       nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.projection = nn.Linear(w, cfg.embed_dim, bias=False)
+
+    def forward(self, images):
+        return self.projection(self.net(images))
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.image_encoder not in ("vit", "conv"):
+            raise ValueError(f"image_encoder must be 'vit' or 'conv', got {cfg.image_encoder!r}")
+        self.cfg = cfg
+        self.text = TextEncoder(cfg)
+        self.visual = ViTEncoder(cfg) if cfg.image_encoder == "vit" else ConvEncoder(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_text(self, texts):
+        """list of str -> (B, embed_dim) unnormalised text embeddings."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.text(self.text.tokenizer(texts).to(self.logit_scale.device))
+
+    def encode_image(self, images):
+        """(B, 3, R, R) floats in [-1, 1] -> (B, embed_dim) unnormalised image embeddings."""
+        if images.shape[-1] != self.cfg.resolution:
+            raise ValueError(f"this CLIP takes {self.cfg.resolution} px images, got "
+                             f"{images.shape[-1]} px")
+        return self.visual(images)
+
+    def logits(self, images, texts):
+        """(B_img, B_txt) scaled cosine similarities."""
+        with torch.no_grad():  # clamp, as CLIP does: at most 100, and never below 1
+            self.logit_scale.clamp_(0, math.log(100))
+        image_e = F.normalize(self.encode_image(images), dim=-1)
+        text_e = F.normalize(self.encode_text(texts), dim=-1)
+        return self.logit_scale.exp() * image_e @ text_e.T
+
+    def loss(self, images, texts):
+        """Symmetric InfoNCE: cross-entropy over captions per image and over images per caption."""
+        logits = self.logits(images, texts)                             # (B, B)
+        target = torch.arange(len(logits), device=logits.device)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        accuracy = (logits.argmax(1) == target).float().mean().item()
+        return loss, {"accuracy": accuracy, "temperature": 1 / self.logit_scale.exp().item()}
+
+
+def load(path, device="cpu"):
+    """A trained CLIP from a checkpoint of `python train.py clip`: frozen and in eval mode.
+
+    model.encode_text(list_of_str) and model.encode_image(images in [-1, 1]) return
+    unnormalised embeddings of size cfg.embed_dim; normalise them to compare."""
+    from checkpoint import load_checkpoint, restore_model  # checkpoint.py imports this file
+    model = restore_model(load_checkpoint(path, "clip"), device)
+    return model.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Using a trained CLIP: zero-shot classification and retrieval.
+
+@torch.no_grad()
+def zero_shot_weights(model, prompts_per_class):
+    """One unit vector per class: the normalised mean of its prompts' normalised embeddings
+    (prompt ensembling, CLIP section 3.1.4). (C, embed_dim)."""
+    weights = [F.normalize(F.normalize(model.encode_text(prompts), dim=-1).mean(0), dim=-1)
+               for prompts in prompts_per_class]
+    return torch.stack(weights)
+
+
+def recall_at_k(similarity, same, k):
+    """Share of queries (rows) whose top-k columns include a match; same[i, j] marks matches
+    (items with identical captions all count, since the caption cannot tell them apart)."""
+    top = similarity.topk(k, dim=1).indices                    # (Q, k)
+    return same.gather(1, top).any(dim=1).float().mean().item()
+
+
+def _one_object_captions(**fixed):
+    """Every canonical one-object caption agreeing with the fixed attributes."""
+    choices = dict(size=datasets.SIZES, colour=datasets.COLOURS, shape=datasets.SHAPES,
+                   position=datasets.POSITIONS, **{k: [v] for k, v in fixed.items()})
+    return [f"a {s} {c} {sh} {p}" for s, c, sh, p in itertools.product(
+        choices["size"], choices["colour"], choices["shape"], choices["position"])]
+
+
+def _two_object_captions(relation, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    names = [f"{s} {c} {sh}" for s, c, sh in itertools.product(datasets.SIZES, datasets.COLOURS,
+                                                               datasets.SHAPES)]
+    picks = torch.randint(len(names), (n, 2), generator=g).tolist()
+    return [f"a {names[i]} {relation} a {names[j]}" for i, j in picks]
+
+
+@torch.no_grad()
+def shapes_zero_shot(model, n=1000, seed=1, split="train"):
+    """Zero-shot accuracy per attribute on held-out shapes scenes, by prompt ensembling: each
+    value's prompts are the captions with that value and every filler of the other attributes.
+    Colour, shape, size and position on one-object scenes; relation on two-object scenes."""
+    device = model.logit_scale.device
+    results = {}
+    one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1)
+    scenes = [datasets.parse_caption(c[0]) for c in one.captions]
+    image_e = F.normalize(model.encode_image(one.images.float().to(device) / 127.5 - 1), dim=-1)
+    for attribute, values in [("colour", datasets.COLOURS), ("shape", datasets.SHAPES),
+                              ("size", datasets.SIZES), ("position", datasets.POSITIONS)]:
+        values = list(values)
+        weights = zero_shot_weights(model, [_one_object_captions(**{attribute: v}) for v in values])
+        predicted = (image_e @ weights.T).argmax(1).tolist()
+        truth = [values.index(s["position"] if attribute == "position" else s["objects"][0][attribute])
+                 for s in scenes]
+        results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
+    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
+    image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
+    weights = zero_shot_weights(model, [_two_object_captions(r) for r in datasets.RELATIONS])
+    predicted = (image_e @ weights.T).argmax(1).tolist()
+    truth = [datasets.RELATIONS.index(datasets.parse_caption(c[0])["relation"]) for c in two.captions]
+    results["relation"] = sum(p == t for p, t in zip(predicted, truth)) / n
+    return results
+
+
+@torch.no_grad()
+def retrieval(model, data):
+    """Text-to-image and image-to-text recall@1 and @5 over the pairs of a TensorData."""
+    device = model.logit_scale.device
+    captions = [c[0] for c in data.captions]
+    image_e = torch.cat([model.encode_image(x.float().to(device) / 127.5 - 1)
+                         for x in data.images.split(250)])
+    text_e = torch.cat([model.encode_text(captions[i:i + 250]) for i in range(0, len(captions), 250)])
+    similarity = F.normalize(image_e, dim=-1) @ F.normalize(text_e, dim=-1).T   # (N, N)
+    same = torch.tensor([[a == b for b in captions] for a in captions], device=device)
+    return {f"{name}_r@{k}": recall_at_k(s, same, k)
+            for name, s in [("image_to_text", similarity), ("text_to_image", similarity.T)]
+            for k in (1, 5)}
+
+
+if __name__ == "__main__":
+    import time
+    torch.manual_seed(0)
+    train_data = datasets.shapes_data(20000, 32, seed=0, split="train")
+    model = CLIP(CLIPConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    start = time.time()
+    for step in range(400):
+        images, captions, _ = train_data.batch(torch.randint(len(train_data), (128,)))
+        loss, figures = model.loss(images, captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            print(f"step {step}: loss {loss.item():.3f}, batch accuracy {figures['accuracy']:.2f} "
+                  f"({time.time() - start:.0f}s)")
+    test = datasets.shapes_data(1000, 32, seed=1, split="train", prefixes=False)
+    print("retrieval on 1000 held-out pairs:", retrieval(model.eval(), test))

@@ -1,0 +1,599 @@
+"""Diffusion models: DDPM and DDIM, the U-Net, classifier and classifier-free guidance.
+
+The forward process adds Gaussian noise to an image x_0 over T steps with variances beta_t,
+    q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)            (DDPM eq. 2)
+and in closed form, with alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s,
+    q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)                  (DDPM eq. 4).
+A network learns to undo one step, p(x_{t-1} | x_t) = N(mu(x_t, t), sigma_t^2 I), by predicting
+the noise eps in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps with the simple loss
+    L_simple = E ||eps - eps_theta(x_t, t)||^2                          (DDPM eq. 14);
+mu is then the mean of the posterior q(x_{t-1} | x_t, x_0) (eqs. 6-7) at the predicted x_0.
+The network may equally predict x_0 or v = sqrt(abar) eps - sqrt(1 - abar) x_0: all three say
+the same thing, and conversions among them are one line each. DDIM samples the same model with a
+non-Markovian process that can skip steps (eta = 0: deterministic; eta = 1: DDPM's variance).
+
+Guidance trades diversity for fidelity. Classifier guidance adds the gradient of a noise-aware
+classifier's log p(y | x_t) to each step's mean; classifier-free guidance trains one model with
+and without its condition and extrapolates, eps = eps(x_t) + w (eps(x_t, y) - eps(x_t)).
+
+Papers: DDPM, Ho et al. 2020 (arXiv 2006.11239); improved DDPM (cosine schedule), Nichol &
+Dhariwal 2021 (arXiv 2102.09672); DDIM, Song et al. 2020 (arXiv 2010.02502); classifier guidance,
+Dhariwal & Nichol 2021 (arXiv 2105.05233); classifier-free guidance, Ho & Salimans 2022
+(arXiv 2207.12598); v-prediction, Salimans & Ho 2022 (arXiv 2202.00512); GLIDE, Nichol et al. 2021
+(arXiv 2112.10741) for the U-Net's conditioning by context tokens.
+
+Defines: schedules, GaussianDiffusion (q_sample, q_posterior, predictions, loss, p_sample,
+ddim_sample and their loops), EMA, the U-Net (UNetConfig, ResBlock, AttentionBlock, UNet), DDPM
+(the trainable model), NoisyClassifier, classifier_guidance and classifier_free_guidance.
+Run `python diffusion.py` to fit a 2-D toy distribution and show both guidances at work.
+"""
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise schedules, in float64: the products over 1000 steps lose precision in float32.
+
+def linear_beta_schedule(T):
+    """Ho et al.: betas from 1e-4 to 0.02 over 1000 steps (rescaled for other T)."""
+    scale = 1000 / T
+    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+
+
+def cosine_beta_schedule(T, s=0.008):
+    """Nichol & Dhariwal eq. 17: abar_t = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) pi / 2);
+    beta_t = 1 - abar_t / abar_{t-1}, clipped at 0.999 to avoid a singularity at t = T."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+def extract(a, t, x):
+    """Coefficients a[t] for a batch of timesteps, shaped to broadcast against x: (B,) -> (B,1..)."""
+    return a.to(x.device)[t].float().view(-1, *([1] * (x.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The process: forward noising, posterior, predictions, loss, and the two samplers.
+
+class GaussianDiffusion:
+    """The fixed forward process and the sampling rules, given a model's raw output.
+
+    Every method that runs the network takes model_fn(x_t, t) -> prediction (of eps, x0 or v,
+    per `prediction`); conditioning and guidance are wrapped into model_fn by the caller."""
+
+    def __init__(self, betas, prediction="eps", clip_x0="clip"):
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        if clip_x0 not in ("none", "clip", "dynamic"):
+            raise ValueError(f"clip_x0 must be 'none', 'clip' or 'dynamic', got {clip_x0!r}")
+        self.prediction, self.clip_x0 = prediction, clip_x0
+        self.num_timesteps = len(betas)
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)
+        self.alphas_cumprod_prev = F.pad(self.alphas_cumprod[:-1], (1, 0), value=1.0)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
+        # DDPM eq. 7: the posterior q(x_{t-1} | x_t, x_0) = N(mean, beta_tilde_t I), with
+        # mean = coef1 x_0 + coef2 x_t and beta_tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t).
+        self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        # beta_tilde_0 = 0: take the log of beta_tilde_1 there, as improved DDPM does.
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = ((1 - self.alphas_cumprod_prev) * (1 - betas).sqrt()
+                                     / (1 - self.alphas_cumprod))
+
+    def q_sample(self, x0, t, noise):
+        """DDPM eq. 4: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        return (extract(self.sqrt_alphas_cumprod, t, x0) * x0
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+
+    def q_posterior(self, x0, x_t, t):
+        """DDPM eqs. 6-7: mean, variance and log-variance of q(x_{t-1} | x_t, x_0)."""
+        mean = (extract(self.posterior_mean_coef1, t, x_t) * x0
+                + extract(self.posterior_mean_coef2, t, x_t) * x_t)
+        return (mean, extract(self.posterior_variance, t, x_t),
+                extract(self.posterior_log_variance_clipped, t, x_t))
+
+    # The three parameterisations, and the conversions among them (each exact given x_t).
+    def x0_from_eps(self, x_t, t, eps):
+        return (x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / extract(
+            self.sqrt_alphas_cumprod, t, x_t)
+
+    def eps_from_x0(self, x_t, t, x0):
+        return (x_t - extract(self.sqrt_alphas_cumprod, t, x_t) * x0) / extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def v_from_x0_eps(self, x0, t, eps):
+        return (extract(self.sqrt_alphas_cumprod, t, x0) * eps
+                - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def x0_from_v(self, x_t, t, v):
+        return (extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+
+    def training_target(self, x0, t, noise):
+        if self.prediction == "eps":
+            return noise
+        return x0 if self.prediction == "x0" else self.v_from_x0_eps(x0, t, noise)
+
+    def training_loss(self, model_fn, x0, t=None):
+        """The simple loss (DDPM eq. 14), for whichever target the model predicts."""
+        if t is None:  # t ~ Uniform{0, ..., T-1} (the paper's 1..T, shifted to index arrays)
+            t = torch.randint(0, self.num_timesteps, (len(x0),), device=x0.device)
+        noise = torch.randn_like(x0)
+        prediction = model_fn(self.q_sample(x0, t, noise), t)
+        return F.mse_loss(prediction.float(), self.training_target(x0, t, noise))
+
+    def process_x0(self, x0):
+        """Keep a predicted x_0 in the data range: clip, or dynamic thresholding (Imagen,
+        Saharia et al. 2022): scale by the 99.5th percentile of |x_0| when it exceeds 1."""
+        if self.clip_x0 == "clip":
+            return x0.clamp(-1, 1)
+        if self.clip_x0 == "dynamic":
+            s = torch.quantile(x0.flatten(1).abs().float(), 0.995, dim=1).clamp(min=1.0)
+            s = s.view(-1, *([1] * (x0.dim() - 1)))
+            return x0.clamp(-s, s) / s
+        return x0
+
+    def predict_eps_x0(self, model_fn, x_t, t):
+        """Run the model; return (eps, x_0), with x_0 processed and eps consistent with it."""
+        out = model_fn(x_t, t).float()
+        if self.prediction == "eps":
+            x0 = self.x0_from_eps(x_t, t, out)
+        else:
+            x0 = out if self.prediction == "x0" else self.x0_from_v(x_t, t, out)
+        x0 = self.process_x0(x0)
+        return self.eps_from_x0(x_t, t, x0), x0
+
+    def p_mean_variance(self, model_fn, x_t, t):
+        """p(x_{t-1} | x_t): the posterior at the predicted x_0, variance beta_tilde_t (fixed)."""
+        _, x0 = self.predict_eps_x0(model_fn, x_t, t)
+        mean, variance, log_variance = self.q_posterior(x0, x_t, t)
+        return mean, variance, log_variance, x0
+
+    def p_sample(self, model_fn, x_t, t, cond_fn=None):
+        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2). With cond_fn(x_t, t) returning
+        grad log p(y | x_t) (already scaled), the mean moves by variance * gradient
+        (classifier guidance, Dhariwal & Nichol Algorithm 1)."""
+        mean, variance, log_variance, _ = self.p_mean_variance(model_fn, x_t, t)
+        if cond_fn is not None:
+            mean = mean + variance * cond_fn(x_t, t)
+        nonzero = (t > 0).float().view(-1, *([1] * (x_t.dim() - 1)))  # no noise at the last step
+        return mean + nonzero * torch.exp(0.5 * log_variance) * torch.randn_like(x_t)
+
+    def ddim_sample(self, model_fn, x_t, t, t_prev, eta=0.0, cond_fn=None):
+        """One DDIM step from t to t_prev < t (Song et al. eq. 12; t_prev = -1 means x_0).
+        Classifier guidance enters through eps (Dhariwal & Nichol Algorithm 2):
+        eps <- eps - sqrt(1 - abar_t) grad log p(y | x_t)."""
+        eps, x0 = self.predict_eps_x0(model_fn, x_t, t)
+        abar_t = extract(self.alphas_cumprod, t, x_t)
+        if cond_fn is not None:
+            eps = eps - (1 - abar_t).sqrt() * cond_fn(x_t, t)
+            x0 = self.process_x0(self.x0_from_eps(x_t, t, eps))
+        abar_prev = (extract(self.alphas_cumprod, t_prev.clamp(min=0), x_t) if t_prev.min() >= 0
+                     else torch.ones_like(abar_t))
+        # Song et al. eq. 16: sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+        direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        return abar_prev.sqrt() * x0 + direction + sigma * torch.randn_like(x_t)
+
+    @torch.no_grad()
+    def p_sample_loop(self, model_fn, shape, device="cpu", cond_fn=None, noise=None):
+        """Ancestral sampling through all T steps, from x_T ~ N(0, I) (or the given noise)."""
+        x = torch.randn(shape, device=device) if noise is None else noise
+        for i in reversed(range(self.num_timesteps)):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            x = self.p_sample(model_fn, x, t, cond_fn)
+        return x
+
+    @torch.no_grad()
+    def ddim_sample_loop(self, model_fn, shape, steps=50, eta=0.0, device="cpu", cond_fn=None,
+                         noise=None):
+        """DDIM over `steps` evenly spaced timesteps (any number up to T)."""
+        if not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"DDIM steps must be in 1..{self.num_timesteps}, got {steps}")
+        times = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
+        x = torch.randn(shape, device=device) if noise is None else noise
+        for i, i_prev in zip(times, times[1:] + [-1]):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            x = self.ddim_sample(model_fn, x, t, torch.full_like(t, i_prev), eta, cond_fn)
+        return x
+
+
+class EMA:
+    """An exponential moving average of a model's weights, used for sampling:
+    theta_ema <- decay theta_ema + (1 - decay) theta after each optimiser step."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p, 1 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+# ----------------------------------------------------------------------------------------------
+# The U-Net (Ho et al. appendix B, with improved DDPM's and GLIDE's changes).
+
+@dataclass
+class UNetConfig:
+    resolution: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: int = 64                  # width at full resolution
+    channel_mult: tuple = (1, 2, 2)     # width multiplier per level; each level halves the size
+    num_res_blocks: int = 2             # residual blocks per level
+    attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention
+    num_heads: int = 4
+    dropout: float = 0.1
+    num_classes: int = 0      # > 0: a class label (plus a learned null label for guidance)
+    embedding_dim: int = 0    # > 0: a vector condition added to the timestep embedding (unCLIP)
+    context_dim: int = 0      # > 0: context tokens that every attention layer also attends to
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim), as in the Transformer."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def group_norm(channels):
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the (timestep + condition) embedding added in between."""
+
+    def __init__(self, c_in, c_out, emb_dim, dropout):
+        super().__init__()
+        self.in_layers = nn.Sequential(group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
+        self.out_layers = nn.Sequential(group_norm(c_out), nn.SiLU(), nn.Dropout(dropout),
+                                        nn.Conv2d(c_out, c_out, 3, padding=1))
+        nn.init.zeros_(self.out_layers[-1].weight)  # each block starts as the identity
+        nn.init.zeros_(self.out_layers[-1].bias)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x) + self.emb(emb)[:, :, None, None]  # (B, C, H, W) + (B, C, 1, 1)
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions; with context tokens, the keys and values
+    also include their projections (GLIDE's way of letting every layer read the caption)."""
+
+    def __init__(self, channels, num_heads, context_dim=0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
+        self.proj = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x, context=None):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x).flatten(2)).chunk(3, dim=1)  # 3 x (B, C, HW)
+        if self.context_kv is not None and context is not None:
+            ck, cv = self.context_kv(context).transpose(1, 2).chunk(2, dim=1)  # 2 x (B, C, L)
+            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)        # (B, C, L + HW)
+
+        def heads(z):  # (B, C, N) -> (B, heads, N, C / heads)
+            return z.view(b, self.num_heads, c // self.num_heads, -1).transpose(2, 3)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (B, heads, HW, C/h)
+        return x + self.proj(out.transpose(2, 3).reshape(b, c, h * w)).view(b, c, h, w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class TimestepSequential(nn.ModuleList):
+    """Layers applied in order, each given what it needs: ResBlocks the embedding, attention
+    the context."""
+
+    def forward(self, x, emb, context=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttentionBlock):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+def check_resolution(cfg):
+    levels = len(cfg.channel_mult) - 1
+    if cfg.resolution % (2 ** levels) or cfg.resolution < 2 ** levels:
+        raise ValueError(f"resolution {cfg.resolution} is not divisible by 2^{levels} (one halving "
+                         f"per channel_mult level {cfg.channel_mult}): choose e.g. "
+                         f"{2 ** max(levels, 3) * 2} or fewer levels")
+    if any(cfg.channels * m % cfg.num_heads for m in cfg.channel_mult):
+        raise ValueError(f"channels * channel_mult must divide into num_heads={cfg.num_heads}")
+
+
+class UNet(nn.Module):
+    """(B, C_in, R, R), timesteps (B,), optional condition -> (B, C_out, R, R).
+
+    Conditions: y (B,) class labels (label num_classes is the null label), embedding (B, E)
+    added to the timestep embedding, context (B, L, D) attended to by attention layers."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        check_resolution(cfg)
+        self.cfg = cfg
+        ch, emb_dim = cfg.channels, 4 * cfg.channels
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.vector_embed = nn.Linear(cfg.embedding_dim, emb_dim) if cfg.embedding_dim else None
+        self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.down, skips, res, c = nn.ModuleList(), [ch], cfg.resolution, ch
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [ResBlock(c, ch * mult, emb_dim, cfg.dropout)]
+                c = ch * mult
+                if res in cfg.attention_resolutions:
+                    layers.append(AttentionBlock(c, cfg.num_heads, cfg.context_dim))
+                self.down.append(TimestepSequential(layers))
+                skips.append(c)
+            if level < len(cfg.channel_mult) - 1:
+                self.down.append(TimestepSequential([Downsample(c)]))
+                skips.append(c)
+                res //= 2
+        self.middle = TimestepSequential([ResBlock(c, c, emb_dim, cfg.dropout),
+                                          AttentionBlock(c, cfg.num_heads, cfg.context_dim),
+                                          ResBlock(c, c, emb_dim, cfg.dropout)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(c + skips.pop(), ch * mult, emb_dim, cfg.dropout)]
+                c = ch * mult
+                if res in cfg.attention_resolutions:
+                    layers.append(AttentionBlock(c, cfg.num_heads, cfg.context_dim))
+                if level > 0 and i == cfg.num_res_blocks:
+                    layers.append(Upsample(c))
+                    res *= 2
+                self.up.append(TimestepSequential(layers))
+        self.out = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv2d(c, cfg.out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def embed(self, t, y=None, embedding=None):
+        """The (B, 4C) vector every ResBlock sees: timestep, plus label, plus vector condition."""
+        emb = self.time_embed(timestep_embedding(t, self.cfg.channels))
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(y)
+        if self.vector_embed is not None:
+            emb = emb + self.vector_embed(embedding)
+        return emb
+
+    def forward(self, x, t, y=None, embedding=None, context=None):
+        emb = self.embed(t, y, embedding)
+        h = self.input_conv(x)
+        hs = [h]
+        for block in self.down:
+            h = block(h, emb, context)
+            hs.append(h)
+        h = self.middle(h, emb, context)
+        for block in self.up:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+        return self.out(h)
+
+
+# ----------------------------------------------------------------------------------------------
+# DDPM: a U-Net and a process, trained with the simple loss; optional class conditioning.
+
+@dataclass
+class DDPMConfig(UNetConfig):
+    timesteps: int = 1000
+    schedule: str = "cosine"    # "linear" or "cosine"
+    prediction: str = "eps"     # "eps", "x0" or "v"
+    clip_x0: str = "clip"       # "none", "clip" or "dynamic" thresholding of predicted x_0
+    p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
+
+
+def make_diffusion(cfg):
+    schedules = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
+    if cfg.schedule not in schedules:
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
+    return GaussianDiffusion(schedules[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.clip_x0)
+
+
+def drop_labels(y, p_uncond, null_label):
+    """Replace each label by the null label with probability p_uncond (Ho & Salimans Alg. 1)."""
+    return torch.where(torch.rand(y.shape, device=y.device) < p_uncond, null_label, y)
+
+
+class DDPM(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.unet = UNet(cfg)
+        self.diffusion = make_diffusion(cfg)
+
+    def loss(self, x0, y=None):
+        """x0: (B, 3, R, R) in [-1, 1], y: (B,) labels or None -> (loss, figures)."""
+        if self.cfg.num_classes:
+            y = drop_labels(y, self.cfg.p_uncond, self.cfg.num_classes)
+        loss = self.diffusion.training_loss(lambda x_t, t: self.unet(x_t, t, y), x0)
+        return loss, {"mse": loss.item()}
+
+    def model_fn(self, y=None, guidance_scale=1.0):
+        """The function the samplers call: conditional, or classifier-free guided."""
+        if y is None or guidance_scale == 1.0:
+            return lambda x_t, t: self.unet(x_t, t, y)
+        null = torch.full_like(y, self.cfg.num_classes)
+        return classifier_free_guidance(lambda x_t, t, c: self.unet(x_t, t, c), y, null,
+                                        guidance_scale)
+
+    @torch.no_grad()
+    def sample(self, n, y=None, guidance_scale=1.0, sampler="ddim", steps=50, eta=0.0,
+               cond_fn=None, device="cpu"):
+        """n images in [-1, 1]. y: (n,) labels for a class-conditional model."""
+        if self.cfg.num_classes and y is None:
+            y = torch.full((n,), self.cfg.num_classes, device=device)  # the null label
+        shape = (n, self.cfg.in_channels, self.cfg.resolution, self.cfg.resolution)
+        model_fn = self.model_fn(y, guidance_scale)
+        if sampler == "ddpm":
+            return self.diffusion.p_sample_loop(model_fn, shape, device, cond_fn).clamp(-1, 1)
+        if sampler == "ddim":
+            return self.diffusion.ddim_sample_loop(model_fn, shape, steps, eta, device,
+                                                   cond_fn).clamp(-1, 1)
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Guidance: two thin wrappers around one model and one sampler.
+
+def classifier_free_guidance(model_fn, cond, null_cond, guidance_scale):
+    """Run the model with and without its condition in one batch and extrapolate:
+    out = out_uncond + w (out_cond - out_uncond). w = 0 is the unconditional model, w = 1 the
+    conditional one, w > 1 guides (the GLIDE / DALL-E 2 convention; Ho & Salimans' w is ours - 1).
+    Mixing the raw outputs is exact for eps, x0 and v alike, since each is linear in the others."""
+    def guided(x_t, t):
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null_cond]))
+        out_cond, out_uncond = out.chunk(2)
+        return out_uncond + guidance_scale * (out_cond - out_uncond)
+    return guided
+
+
+@dataclass
+class ClassifierConfig(UNetConfig):
+    num_classes: int = 3
+    timesteps: int = 1000
+    schedule: str = "cosine"
+
+
+class NoisyClassifier(nn.Module):
+    """p(y | x_t, t): the U-Net's down half and middle, pooled, then a linear head
+    (Dhariwal & Nichol's classifier). Trained on images noised to a random t."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        unet = UNet(UNetConfig(**{k: getattr(cfg, k) for k in UNetConfig.__dataclass_fields__
+                                  if k != "num_classes"}))
+        self.time_embed, self.input_conv = unet.time_embed, unet.input_conv
+        self.down, self.middle = unet.down, unet.middle
+        c = cfg.channels * cfg.channel_mult[-1]
+        self.head = nn.Sequential(group_norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(c, cfg.num_classes))  # (B, C, h, w) -> (B, classes)
+        self.diffusion = make_diffusion(DDPMConfig(timesteps=cfg.timesteps, schedule=cfg.schedule))
+
+    def forward(self, x_t, t):
+        emb = self.time_embed(timestep_embedding(t, self.cfg.channels))
+        h = self.input_conv(x_t)
+        for block in self.down:
+            h = block(h, emb)
+        return self.head(self.middle(h, emb))
+
+    def loss(self, x0, y):
+        t = torch.randint(0, self.cfg.timesteps, (len(x0),), device=x0.device)
+        logits = self(self.diffusion.q_sample(x0, t, torch.randn_like(x0)), t)
+        loss = F.cross_entropy(logits.float(), y)
+        return loss, {"accuracy": (logits.argmax(1) == y).float().mean().item()}
+
+
+def classifier_guidance(classifier, y, scale):
+    """cond_fn(x_t, t) = scale * grad_x log p(y | x_t): the samplers add it to the mean (DDPM)
+    or subtract it from eps (DDIM)."""
+    def cond_fn(x_t, t):
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            log_probs = F.log_softmax(classifier(x, t).float(), dim=-1)
+            selected = log_probs[torch.arange(len(y)), y].sum()
+            return scale * torch.autograd.grad(selected, x)[0]
+    return cond_fn
+
+
+if __name__ == "__main__":
+    # A 2-D toy: two classes, each a ring of points. A small MLP learns eps(x_t, t, y) with the
+    # label dropped 10% of the time; then both samplers and classifier-free guidance are shown.
+    import os
+    import time
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    torch.manual_seed(0)
+
+    def toy_data(n):
+        y = torch.randint(0, 2, (n,))
+        angle = torch.rand(n) * 2 * math.pi
+        centre = torch.stack([4 * y.float() - 2, torch.zeros(n)], 1)
+        return centre + torch.stack([angle.cos(), angle.sin()], 1) + 0.1 * torch.randn(n, 2), y
+
+    class ToyModel(nn.Module):
+        def __init__(self, width=128):
+            super().__init__()
+            self.label = nn.Embedding(3, width)  # label 2 is the null label
+            self.net = nn.Sequential(nn.Linear(2 + width, width), nn.SiLU(), nn.Linear(width, width),
+                                     nn.SiLU(), nn.Linear(width, 2))
+
+        def forward(self, x, t, y):
+            return self.net(torch.cat([x, timestep_embedding(t, 128) + self.label(y)], 1))
+
+    diffusion = GaussianDiffusion(cosine_beta_schedule(200), clip_x0="none")
+    model = ToyModel()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    start = time.time()
+    for step in range(3000):
+        x0, y = toy_data(256)
+        y = drop_labels(y, 0.1, null_label=2)
+        loss = diffusion.training_loss(lambda x_t, t: model(x_t, t, y), x0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"trained the toy model: loss {loss.item():.3f} ({time.time() - start:.0f}s)")
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4), sharex=True, sharey=True)
+    n, label = 1000, torch.zeros(1000, dtype=torch.long)
+    panels = [("data", toy_data(n)[0])]
+    with torch.no_grad():
+        null = torch.full((n,), 2)
+        panels.append(("DDPM, 200 steps, unconditional",
+                       diffusion.p_sample_loop(lambda x, t: model(x, t, null), (n, 2))))
+        for w in (1.0, 3.0):
+            fn = classifier_free_guidance(model, label, null, w)
+            panels.append((f"DDIM, 20 steps, class 0, w = {w:g}",
+                           diffusion.ddim_sample_loop(fn, (n, 2), steps=20)))
+        fn = classifier_free_guidance(model, label, null, 0.0)
+        panels.append(("DDIM, 20 steps, w = 0 (= unconditional)",
+                       diffusion.ddim_sample_loop(fn, (n, 2), steps=20)))
+    for ax, (title, points) in zip(axes, panels):
+        ax.scatter(points[:, 0], points[:, 1], s=2)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+    os.makedirs("out", exist_ok=True)
+    fig.savefig("out/diffusion_demo.png", dpi=80, bbox_inches="tight")
+    share = (panels[3][1][:, 0] < 0).float().mean().item()
+    print(f"w = 3: {share:.0%} of samples in class 0's ring; wrote out/diffusion_demo.png")

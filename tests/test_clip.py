@@ -1,0 +1,89 @@
+"""clip.py: the contrastive loss by hand, the clamped temperature, learning, loading, metrics."""
+import math
+
+import pytest
+import torch
+
+import clip
+import train
+from checkpoint import CheckpointError, save_checkpoint
+from data import shapes_data
+
+TINY = dict(embed_dim=16, context_length=64, text_width=32, text_layers=1, text_heads=2,
+            resolution=16, patch_size=4, vision_width=32, vision_layers=1, vision_heads=2)
+
+
+def test_loss_is_the_symmetric_cross_entropy_computed_by_hand():
+    torch.manual_seed(0)
+    model = clip.CLIP(clip.CLIPConfig(**TINY))
+    images, texts = torch.rand(3, 3, 16, 16) * 2 - 1, ["a red circle", "a blue square", "abc"]
+    loss, _ = model.loss(images, texts)
+    logits = model.logits(images, texts).double()
+    per_image = [-logits[i, i] + math.log(sum(math.exp(v) for v in logits[i].tolist()))
+                 for i in range(3)]
+    per_text = [-logits[i, i] + math.log(sum(math.exp(v) for v in logits[:, i].tolist()))
+                for i in range(3)]
+    assert abs(loss.item() - (sum(per_image) / 3 + sum(per_text) / 3) / 2) < 1e-5
+    i = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    t = torch.nn.functional.normalize(model.encode_text(texts), dim=-1)
+    assert torch.allclose(logits.float(), (1 / 0.07) * i @ t.T, atol=1e-4)  # the initial scale
+
+
+def test_temperature_receives_gradient_and_stays_clamped():
+    model = clip.CLIP(clip.CLIPConfig(**TINY))
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # exp(10) > 100
+    loss, _ = model.loss(torch.rand(4, 3, 16, 16), ["a", "b", "c", "d"])
+    assert model.logit_scale.item() == pytest.approx(math.log(100))
+    loss.backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad != 0
+
+
+@pytest.mark.parametrize("image_encoder", ["vit", "conv"])
+def test_tiny_clip_learns_to_match_shapes_captions(image_encoder):
+    torch.manual_seed(0)
+    data = shapes_data(8, 16, seed=2, prefixes=False)
+    images, captions = data.images.float() / 127.5 - 1, [c[0] for c in data.captions]
+    assert len(set(captions)) == 8
+    model = clip.CLIP(clip.CLIPConfig(**dict(TINY, image_encoder=image_encoder)))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        loss, _ = model.loss(images, captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    figures = clip.retrieval(model.eval(), data)
+    assert figures["image_to_text_r@1"] >= 0.9 and figures["text_to_image_r@1"] >= 0.9, figures
+
+
+def test_recall_counts_identical_captions_as_matches():
+    similarity = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.1, 0.8], [0.0, 0.3, 0.4]])
+    same = torch.eye(3, dtype=torch.bool)
+    assert clip.recall_at_k(similarity, same, 1) == pytest.approx(1 / 3)
+    assert clip.recall_at_k(similarity, same, 2) == pytest.approx(2 / 3)
+    same[0, 1] = same[1, 0] = True  # items 0 and 1 share a caption
+    assert clip.recall_at_k(similarity, same, 1) == pytest.approx(2 / 3)
+
+
+def test_zero_shot_weights_are_unit_vectors_of_prompt_means():
+    torch.manual_seed(0)
+    model = clip.CLIP(clip.CLIPConfig(**TINY)).eval()
+    weights = clip.zero_shot_weights(model, [["a", "b"], ["c"]])
+    assert weights.shape == (2, 16) and torch.allclose(weights.norm(dim=1), torch.ones(2))
+    single = torch.nn.functional.normalize(model.encode_text(["c"]), dim=-1)[0]
+    assert torch.allclose(weights[1], single, atol=1e-6)
+    assert len(clip._one_object_captions(colour="red")) == 2 * 3 * 5
+
+
+def test_load_returns_a_frozen_model_and_refuses_other_stages(tmp_path):
+    run = dict(train.RUN_DEFAULTS, resolution=16, n_train=32, batch_size=8, steps=2, warmup=1)
+    train.train("clip", run, TINY, str(tmp_path), device="cpu", quiet=True)
+    model = clip.load(str(tmp_path / "clip.pt"))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.encode_text(["a small red circle on the left"]).shape == (1, 16)
+    assert model.encode_image(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
+    with pytest.raises(ValueError, match="takes 16 px images"):
+        model.encode_image(torch.zeros(1, 3, 32, 32))
+    save_checkpoint(str(tmp_path / "vae.pt"), {"format": "unclip-from-scratch/1", "stage": "vae"})
+    with pytest.raises(CheckpointError, match="holds a 'vae' model, not 'clip'"):
+        clip.load(str(tmp_path / "vae.pt"))

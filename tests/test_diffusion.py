@@ -1,0 +1,249 @@
+"""diffusion.py: closed forms in float64, samplers against an exact denoiser, guidance, learning.
+
+The toy problem: data from a mixture of two 2-D Gaussians, for which the ideal noise predictor
+and the ideal noisy classifier are known in closed form. A correct sampler driven by them must
+reproduce the mixture; guidance must pull samples towards the requested component."""
+import math
+
+import pytest
+import torch
+
+from data import shapes_data
+from diffusion import (DDPM, EMA, ClassifierConfig, DDPMConfig, GaussianDiffusion, NoisyClassifier,
+                       UNet, UNetConfig, classifier_free_guidance, classifier_guidance,
+                       cosine_beta_schedule, linear_beta_schedule)
+
+MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+STD = 0.5  # each component is N(mean, STD^2 I), equal weights
+
+
+def _component_log_probs(diffusion, x_t, t):
+    """log N(x_t; sqrt(abar) mu_k, (abar s^2 + 1 - abar) I) for each k: (B, K), and the variance."""
+    abar = diffusion.alphas_cumprod[t].float()[:, None]                   # (B, 1)
+    var = abar * STD ** 2 + 1 - abar                                      # (B, 1)
+    diff = x_t[:, None, :] - abar.sqrt()[:, None] * MEANS[None]           # (B, K, 2)
+    return -0.5 * (diff ** 2).sum(-1) / var - torch.log(var), var, diff
+
+
+def exact_eps(diffusion, labels=None):
+    """eps*(x_t) = -sqrt(1 - abar_t) grad log p(x_t), of the mixture or of one component."""
+    def model_fn(x_t, t):
+        log_p, var, diff = _component_log_probs(diffusion, x_t, t)
+        weights = torch.softmax(log_p, dim=1)                             # p(k | x_t)
+        if labels is not None:
+            weights = torch.nn.functional.one_hot(labels, 2).float()
+        score = -(weights[:, :, None] * diff).sum(1) / var                # (B, 2)
+        return -(1 - diffusion.alphas_cumprod[t].float()[:, None]).sqrt() * score
+    return model_fn
+
+
+def exact_classifier(diffusion):
+    """p(k | x_t) of the mixture, as logits, in the NoisyClassifier's calling convention."""
+    return lambda x_t, t: _component_log_probs(diffusion, x_t, t)[0]
+
+
+def _diffusion(T=200):
+    return GaussianDiffusion(cosine_beta_schedule(T), clip_x0="none")
+
+
+def test_schedules_and_alphas_cumprod():
+    betas = linear_beta_schedule(1000)
+    assert betas.dtype == torch.float64 and betas[0] == 1e-4 and abs(betas[-1] - 0.02) < 1e-15
+    T, s = 1000, 0.008
+    f = [math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2 for t in range(T + 1)]
+    abar = torch.tensor([f[t] / f[0] for t in range(1, T + 1)], dtype=torch.float64)
+    d = GaussianDiffusion(cosine_beta_schedule(T))
+    # Equal wherever the 0.999 clip on beta is not active (the last step only).
+    assert torch.allclose(d.alphas_cumprod[:-1], abar[:-1], rtol=1e-10, atol=1e-15)
+    loop = torch.ones(1, dtype=torch.float64)
+    for t, beta in enumerate(betas[:10]):
+        loop = loop * (1 - beta)
+        assert abs(GaussianDiffusion(betas).alphas_cumprod[t] - loop) < 1e-15
+
+
+def test_q_sample_matches_closed_form():
+    d = GaussianDiffusion(linear_beta_schedule(1000))
+    x0, noise = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    t = torch.tensor([0, 10, 500, 999])
+    abar = torch.cumprod(1 - linear_beta_schedule(1000), 0)[t].view(-1, 1, 1, 1)
+    expected = abar.sqrt() * x0.double() + (1 - abar).sqrt() * noise.double()
+    assert torch.allclose(d.q_sample(x0, t, noise).double(), expected, atol=1e-6)
+
+
+def test_q_posterior_matches_bayes_rule():
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0): multiply the two Gaussians."""
+    d = GaussianDiffusion(cosine_beta_schedule(100))
+    x0, x_t = torch.randn(5, 3), torch.randn(5, 3)
+    t = torch.tensor([1, 2, 30, 60, 99])
+    mean, var, log_var = d.q_posterior(x0, x_t, t)
+    betas = cosine_beta_schedule(100)
+    abar = torch.cumprod(1 - betas, 0)
+    a_t, ab_prev, b_t = (1 - betas[t])[:, None], abar[t - 1][:, None], betas[t][:, None]
+    # precision-weighted product of N(x_t / sqrt(a_t), b_t / a_t) and N(sqrt(ab_prev) x0, 1 - ab_prev)
+    p1, p2 = a_t / b_t, 1 / (1 - ab_prev)
+    exact_var = 1 / (p1 + p2)
+    exact_mean = exact_var * (p1 * x_t.double() / a_t.sqrt() + p2 * ab_prev.sqrt() * x0.double())
+    assert torch.allclose(mean.double(), exact_mean, atol=1e-5)
+    assert torch.allclose(var.double().expand(5, 3), exact_var.expand(5, 3), rtol=1e-5)
+    assert torch.allclose(log_var.double().exp(), var.double(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_parameterisations_convert_exactly(prediction):
+    d = GaussianDiffusion(cosine_beta_schedule(100), prediction=prediction, clip_x0="none")
+    x0, noise, t = torch.randn(6, 2), torch.randn(6, 2), torch.randint(0, 100, (6,))
+    x_t = d.q_sample(x0, t, noise)
+    target = d.training_target(x0, t, noise)
+    eps, x0_hat = d.predict_eps_x0(lambda x, s: target, x_t, t)  # a perfect model's output
+    assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps, noise, atol=1e-4)
+
+
+def test_ddim_with_eta_one_over_all_steps_is_ddpm():
+    torch.manual_seed(0)
+    d = _diffusion(50)
+    model_fn = exact_eps(d)
+    x_t, t = torch.randn(8, 2), torch.full((8,), 30)
+    torch.manual_seed(1)
+    ddpm = d.p_sample(model_fn, x_t, t)
+    torch.manual_seed(1)
+    ddim = d.ddim_sample(model_fn, x_t, t, t - 1, eta=1.0)
+    assert torch.allclose(ddpm, ddim, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_reproduce_the_data_distribution(sampler):
+    torch.manual_seed(0)
+    d = _diffusion(200)
+    if sampler == "ddpm":
+        x = d.p_sample_loop(exact_eps(d), (4000, 2))
+    else:
+        x = d.ddim_sample_loop(exact_eps(d), (4000, 2), steps=50)
+    right = x[:, 0] > 0
+    assert abs(right.float().mean() - 0.5) < 0.04  # equal weights
+    for k, side in enumerate([~right, right]):
+        assert torch.allclose(x[side].mean(0), MEANS[k], atol=0.08)
+        assert torch.allclose(x[side].std(0), torch.tensor([STD, STD]), atol=0.06)
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    d = _diffusion(50)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(d.p_sample_loop(exact_eps(d), (5, 2)))
+    assert torch.equal(*runs)
+
+
+def _share_in_component_zero(x):
+    return (x[:, 0] < 0).float().mean().item()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_classifier_guidance_pulls_towards_the_class(sampler):
+    d = _diffusion(100)
+    y = torch.zeros(2000, dtype=torch.long)
+    shares = []
+    for scale in [0.0, 1.0, 3.0]:
+        torch.manual_seed(0)
+        cond_fn = classifier_guidance(exact_classifier(d), y, scale)
+        if sampler == "ddpm":
+            x = d.p_sample_loop(exact_eps(d), (2000, 2), cond_fn=cond_fn)
+        else:
+            x = d.ddim_sample_loop(exact_eps(d), (2000, 2), steps=50, cond_fn=cond_fn)
+        shares.append(_share_in_component_zero(x))
+    assert abs(shares[0] - 0.5) < 0.05 and shares[1] > 0.95 and shares[2] >= shares[1], shares
+
+
+def test_classifier_free_guidance_limits_and_extrapolation():
+    d = _diffusion(100)
+    uncond = exact_eps(d)
+
+    def model_fn(x_t, t, c):  # c: 0 = component 0, 2 = the null label
+        conditional = exact_eps(d, torch.zeros(len(x_t), dtype=torch.long))(x_t, t)
+        return torch.where((c == 0)[:, None], conditional, uncond(x_t, t))
+    x_t, t = torch.randn(3, 2), torch.tensor([10, 50, 90])
+    label, null = torch.zeros(3, dtype=torch.long), torch.full((3,), 2)
+    for w, expected in [(0.0, uncond(x_t, t)), (1.0, exact_eps(d, label)(x_t, t))]:
+        assert torch.allclose(classifier_free_guidance(model_fn, label, null, w)(x_t, t), expected)
+    # w > 1 moves further from the unconditional prediction than the conditional one does.
+    u, c = uncond(x_t, t), exact_eps(d, label)(x_t, t)
+    g = classifier_free_guidance(model_fn, label, null, 3.0)(x_t, t)
+    assert torch.allclose(g - u, 3 * (c - u), atol=1e-6)
+
+
+def _tiny_unet_config(**kw):
+    return dict(resolution=16, channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                attention_resolutions=(8,), num_heads=2, dropout=0.0, **kw)
+
+
+def test_unet_shapes_and_conditioning_hooks():
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(**_tiny_unet_config(num_classes=3, embedding_dim=5, context_dim=7)))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 999])
+    y, e, ctx = torch.tensor([0, 3]), torch.randn(2, 5), torch.randn(2, 4, 7)
+    out = net(x, t, y, e, ctx)
+    assert out.shape == x.shape
+    for p in net.parameters():  # the zero-initialised output makes the first output 0:
+        torch.nn.init.normal_(p, std=0.1)  # randomise, then check each hook changes the output
+    base = net(x, t, y, e, ctx)
+    assert not torch.allclose(base, net(x, t, torch.tensor([1, 3]), e, ctx))
+    assert not torch.allclose(base, net(x, t, y, e + 1, ctx))
+    assert not torch.allclose(base, net(x, t, y, e, ctx + 1))
+    with pytest.raises(ValueError, match="resolution 20 is not divisible"):
+        UNet(UNetConfig(resolution=20, channel_mult=(1, 2, 2, 2)))
+
+
+def test_class_conditional_ddpm_loss_falls_on_tiny_shapes():
+    torch.manual_seed(0)
+    images, _, labels = shapes_data(64, 16, seed=0).batch(torch.arange(64))
+    model = DDPM(DDPMConfig(**_tiny_unet_config(num_classes=3), timesteps=100))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    fixed_t = torch.randint(0, 100, (64,))
+    losses = []
+    for step in range(120):
+        loss, _ = model.loss(images, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # evaluate on fixed timesteps so the figure is not noise
+            losses.append(model.diffusion.training_loss(
+                lambda x, t: model.unet(x, t, labels), images, fixed_t).item())
+    assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
+    x = model.eval().sample(2, torch.tensor([0, 1]), guidance_scale=2.0, steps=5)
+    assert x.shape == (2, 3, 16, 16) and x.abs().max() <= 1
+
+
+def test_label_dropout_rate_is_p_uncond():
+    from diffusion import drop_labels
+    torch.manual_seed(0)
+    y = drop_labels(torch.zeros(100000, dtype=torch.long), 0.1, null_label=3)
+    assert abs((y == 3).float().mean().item() - 0.1) < 0.005
+
+
+def test_noisy_classifier_learns_and_guides():
+    torch.manual_seed(0)
+    images, _, labels = shapes_data(64, 16, seed=0).batch(torch.arange(64))
+    cfg = ClassifierConfig(**{k: v for k, v in _tiny_unet_config().items()}, timesteps=100)
+    clf = NoisyClassifier(cfg)
+    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
+    t = torch.zeros(64, dtype=torch.long)
+    first = torch.nn.functional.cross_entropy(clf(images, t), labels).item()
+    for _ in range(150):
+        loss, _ = clf.loss(images, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = torch.nn.functional.cross_entropy(clf(images, t), labels).item()
+    assert last < first / 2, (first, last)
+    grad = classifier_guidance(clf, labels[:4], 2.0)(images[:4], t[:4])
+    assert grad.shape == images[:4].shape and grad.abs().sum() > 0
+
+
+def test_ema_tracks_the_weights():
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    before = ema.model.weight.clone()
+    ema.update(net)
+    assert torch.allclose(ema.model.weight, 0.5 * before + 0.5 * net.weight)

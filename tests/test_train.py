@@ -1,0 +1,97 @@
+"""train.py: exact resume, atomic checkpoints, loads that explain, one-line errors."""
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import train
+
+TINY = dict(resolution=16, n_train=64, batch_size=8, warmup=2, checkpoint_every=3)
+
+
+def _run(stage, out, steps, resume=False, **config):
+    run = dict(train.RUN_DEFAULTS, **TINY, steps=steps)
+    config = dict(dict(channels=8, latent_dim=4, resolution=16), **config)
+    return train.train(stage, run, config, str(out), seed=5, device="cpu", resume=resume,
+                       quiet=True)[0]
+
+
+def test_resume_is_exact(tmp_path):
+    straight = _run("vae", tmp_path / "a", steps=8)
+    _run("vae", tmp_path / "b", steps=4)
+    resumed = _run("vae", tmp_path / "b", steps=8, resume=True)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    state = checkpoint.load_checkpoint(str(tmp_path / "b" / "vae.pt"), "vae")
+    assert state["step"] == 8 and state["config"]["latent_dim"] == 4
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "x.pt")
+    checkpoint.save_checkpoint(path, {"format": checkpoint.FORMAT, "stage": "ae", "step": 1})
+
+    def crash(obj, f):  # a crash mid-write, e.g. the disk filling up
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="previous one is intact"):
+        checkpoint.save_checkpoint(path, {"format": checkpoint.FORMAT, "stage": "ae", "step": 2})
+    assert checkpoint.load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["x.pt"]  # no temporary file left behind
+
+
+def test_bad_checkpoints_fail_clearly(tmp_path):
+    _run("ae", tmp_path, steps=3)
+    path = str(tmp_path / "ae.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="holds a 'ae' model, not 'vqvae'"):
+        checkpoint.load_checkpoint(path, "vqvae")
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[: len(blob) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load_checkpoint(path, "ae")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+        checkpoint.load_checkpoint(str(tmp_path / "none.pt"), "ae")
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    _run("ae", tmp_path, steps=3)
+    with pytest.raises(checkpoint.CheckpointError, match="other settings.*latent_dim"):
+        _run("ae", tmp_path, steps=6, resume=True, latent_dim=8)
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+    real = train.compute_loss
+
+    def poisoned(stage, model, images, captions, labels):
+        loss, figures = real(stage, model, images, captions, labels)
+        return (loss * float("nan") if torch.initial_seed() == train.step_seed(5, 4) else loss,
+                figures)
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"at step 4; the last good checkpoint is .*"
+                                                 r"ae.pt \(step 3\)"):
+        _run("ae", tmp_path, steps=6)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["gan"], "unknown stage 'gan'"),
+    (["ae", "--preset", "tpu"], "unknown preset 'tpu'"),
+    (["ae", "--colour=red"], "unknown setting 'colour' for stage ae"),
+    (["ae", "--latent_dim=many"], "--latent_dim: invalid literal"),
+    (["ae", "--resolution", "24", "--steps", "1"], "must be a power of two >= 8, got 24"),
+    (["ae", "--data", "cifar10:/nowhere", "--steps", "1"], "/nowhere: no such file or folder"),
+    (["ae", "--resume", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/ae.pt"),
+])
+def test_command_line_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_main_trains_and_reports(tmp_path, capsys):
+    train.main(["vqvae", "--out", str(tmp_path), "--steps", "3", "--resolution", "16",
+                "--batch-size", "4", "--n_train=16", "--channels=8", "--quiet"])
+    assert "vqvae: baseline_mse" in capsys.readouterr().out
+    assert {"vqvae.pt", "vqvae_recon.png", "vqvae_metrics.json"} <= set(os.listdir(tmp_path))

@@ -1,0 +1,81 @@
+"""vqvae.py: nearest code, straight-through gradient, the two losses, EMA, restarts, learning."""
+import torch
+import torch.nn.functional as F
+
+from data import shapes_data
+from vqvae import VQVAE, VectorQuantizer, VQVAEConfig
+
+
+def test_chosen_code_is_argmin_of_distances():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(VQVAEConfig(num_codes=16, embedding_dim=4))
+    flat = torch.randn(50, 4)
+    slow = torch.tensor([min(range(16), key=lambda k: (v - vq.codebook[k]).pow(2).sum().item())
+                         for v in flat.unbind()])
+    assert torch.equal(vq.nearest(flat), slow)
+
+
+def test_straight_through_gradient_is_identity():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(VQVAEConfig(num_codes=8, embedding_dim=4)).eval()
+    z_e = torch.randn(2, 4, 3, 3, requires_grad=True)
+    z_q = vq(z_e)[0]
+    upstream = torch.randn_like(z_q)
+    (z_q * upstream).sum().backward()
+    assert torch.equal(z_e.grad, upstream)  # d z_q / d z_e = I
+    assert torch.allclose(z_q, vq.codebook[vq(z_e)[1]].permute(0, 3, 1, 2))  # forward: the codes
+
+
+def test_codebook_and_commitment_losses():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(VQVAEConfig(num_codes=8, embedding_dim=4)).eval()
+    z_e = torch.randn(2, 4, 3, 3, requires_grad=True)
+    _, codes, codebook, commitment, _ = vq(z_e)
+    e = vq.codebook[codes].permute(0, 3, 1, 2)
+    assert torch.allclose(codebook, F.mse_loss(e, z_e))
+    assert torch.allclose(commitment, F.mse_loss(z_e, e))
+    commitment.backward()  # the commitment term moves the encoder, not the codes
+    assert vq.codebook.grad is None and z_e.grad.abs().sum() > 0
+
+
+def test_ema_update_moves_codes_to_the_mean_of_their_vectors():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(VQVAEConfig(num_codes=4, embedding_dim=2, ema_decay=0.5,
+                                     restart_dead_codes=False)).train()
+    vq.initialised.fill_(True)
+    vq.codebook.data = torch.tensor([[0., 0.], [10., 10.], [-10., 10.], [10., -10.]])
+    vq.ema_sum.copy_(vq.codebook), vq.ema_count.fill_(1.0)
+    target = torch.tensor([1.0, 1.0])
+    for _ in range(10):
+        vq((target + 0.1 * torch.randn(64, 2)).T.reshape(1, 2, 8, 8))  # (1, D, 8, 8)
+    assert torch.allclose(vq.codebook[0], target, atol=0.05)
+    assert torch.allclose(vq.codebook[1], torch.tensor([10., 10.]), atol=0.2)  # unpicked: stay
+
+
+def test_dead_codes_are_restarted_on_encoder_outputs():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(VQVAEConfig(num_codes=8, embedding_dim=2)).train()
+    vq.initialised.fill_(True)
+    vq.codebook.data = torch.tensor([[0., 0.]] + [[100., 100.]] * 7)
+    z_e = 0.1 * torch.randn(1, 2, 8, 8)
+    vq.usage[1:] = 0  # codes 1..7 never picked
+    vq(z_e)
+    assert vq.codebook[1:].abs().max() < 1  # moved onto the data
+    assert vq.dead_codes() == 0
+
+
+def test_vqvae_loss_falls_on_tiny_shapes():
+    torch.manual_seed(0)
+    x = shapes_data(32, 16, seed=0).batch(torch.arange(32))[0]
+    model = VQVAE(VQVAEConfig(resolution=16, channels=16, num_codes=32, embedding_dim=8))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(150):
+        loss, figures = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(figures["mse"])
+    assert sum(losses[-5:]) < sum(losses[:5]) / 4, (losses[:5], losses[-5:])
+    assert model.reconstruct(x).shape == x.shape
+    assert model.decode_codes(torch.zeros(2, 4, 4, dtype=torch.long)).shape == (2, 3, 16, 16)

@@ -1,0 +1,311 @@
+"""Train any stage of the ladder: one plain loop, one checkpoint format.
+
+    python train.py                  # the main job: for now the VAE on shapes, CPU preset
+    python train.py vqvae --steps 500 --out runs/vq
+    python train.py ddpm --data cifar10:~/data/cifar-10-python.tar.gz --preset gpu-cifar10
+    python train.py vae --latent_dim=16 --lr=1e-3   # --key=value sets a run default or model field
+
+Each step's randomness (the batch drawn, the noise) comes from a seed made of (--seed, step), so a
+run stopped and continued with --resume takes exactly the steps an uninterrupted one would.
+Checkpoints are written atomically (temporary file, then rename) to OUT/STAGE.pt and hold the
+model, optimiser, EMA, config and step; they load with weights_only=True (no pickled code runs).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import data as datasets
+from checkpoint import (FORMAT, CheckpointError, build_model, load_checkpoint, model_class,
+                        pick_device, restore_model, save_checkpoint)
+from clip import retrieval, shapes_zero_shot
+from diffusion import EMA
+
+# Run defaults, the CPU preset on shapes. STAGE_DEFAULTS and PRESETS override them by name.
+RUN_DEFAULTS = dict(
+    data="shapes",         # shapes | cifar10:PATH | folder:PATH | coco:PATH
+    resolution=32,
+    n_train=20000,         # shapes scenes rendered into memory (other data sets: all of them)
+    steps=2000,
+    batch_size=64,
+    lr=2e-3,
+    warmup=100,            # linear learning-rate warm-up, then constant (so resuming is exact)
+    weight_decay=0.0,
+    grad_clip=1.0,
+    ema_decay=0.0,         # 0: no EMA of the weights
+    checkpoint_every=500,
+    on_nonfinite="stop",   # "stop" or "skip" a step whose loss is NaN or infinite
+)
+# The diffusion stages' CPU defaults: one-object scenes (so "the requested shape" is unambiguous)
+# and a 1.1M-parameter U-Net, about 0.4 s a step on 2 cores.
+SMALL_UNET = dict(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,))
+STAGE_DEFAULTS = {
+    "ae": {}, "dae": {}, "vae": {},
+    "vqvae": dict(lr=1e-3),
+    "ddpm": dict(data="shapes:1", steps=1500, lr=1e-3, ema_decay=0.995, **SMALL_UNET),
+    "classifier": dict(data="shapes:1", steps=600, lr=1e-3, **SMALL_UNET),
+    "clip": dict(steps=1500, batch_size=128, lr=1e-3, weight_decay=0.1),
+}
+PRESETS = {  # dictionaries of overrides, of run defaults and model fields alike
+    "cpu": {},
+    "gpu-cifar10": dict(resolution=32, batch_size=128, steps=50000, channels=128),
+    "gpu-coco": dict(resolution=64, batch_size=64, steps=100000, channels=128, n_train=50000),
+}
+MAIN_JOB = "vae"  # what `python train.py` trains, until the unCLIP stack exists
+
+
+def parse_value(text, like):
+    """'--key=value' text -> the type of the default it replaces."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(like, tuple):  # --channel_mult=1,2,2
+        return tuple(int(v) for v in text.split(",") if v)
+    return type(like)(text) if like is not None else text
+
+
+def resolve_settings(stage, args, overrides):
+    """Merge run defaults < stage defaults < preset < flags < --key=value. Returns (run, config)."""
+    config_cls, _ = model_class(stage)
+    fields = {f.name: f.default for f in dataclasses.fields(config_cls) if f.name != "kind"}
+    run, config = dict(RUN_DEFAULTS), {}
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}: choose from {', '.join(PRESETS)}")
+    settings = dict(STAGE_DEFAULTS[stage], **PRESETS[args.preset])
+    settings.update({k: v for k, v in vars(args).items()
+                     if k in RUN_DEFAULTS and v is not None})
+    for item in overrides:
+        key, eq, text = item[2:].partition("=")
+        if not item.startswith("--") or not eq:
+            raise ValueError(f"unrecognised argument {item!r}: overrides are written --key=value")
+        if key not in run and key not in fields:
+            raise ValueError(f"unknown setting {key!r} for stage {stage}: run settings are "
+                             f"{', '.join(run)}; model fields are {', '.join(fields)}")
+        try:
+            settings[key] = parse_value(text, run.get(key, fields.get(key)))
+        except ValueError as e:
+            raise ValueError(f"--{key}: {e}") from None
+    for key, value in settings.items():
+        if key in run:
+            run[key] = value
+        if key in fields:
+            config[key] = value
+    if "resolution" in fields:
+        config["resolution"] = run["resolution"]
+    return run, config
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop.
+
+def step_seed(seed, step):
+    """The seed of one training step: a pure function of (seed, step), so resuming is exact."""
+    return seed * 1_000_003 + step
+
+
+def compute_loss(stage, model, images, captions, labels):
+    if stage == "clip":
+        return model.loss(images, captions)
+    if stage == "classifier" or (stage == "ddpm" and model.cfg.num_classes):
+        return model.loss(images, labels)
+    return model.loss(images)
+
+
+def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=False):
+    """Train one stage; returns (model, ema model or None, the training data)."""
+    device = pick_device(device)
+    path = os.path.join(out, f"{stage}.pt")
+    os.makedirs(out, exist_ok=True)
+    data = datasets.load_data(run["data"], run["resolution"], run["n_train"], seed, "train")
+    if stage in ("ddpm", "classifier") and "num_classes" not in config:
+        config = dict(config, num_classes=len(data.class_names) if data.labels is not None else 0)
+    if stage == "classifier" and (data.labels is None or config["num_classes"] < 2):
+        raise ValueError(f"a classifier needs labelled data with 2+ classes; {run['data']} has "
+                         "none: use shapes, cifar10:PATH or a folder of class sub-folders")
+    torch.manual_seed(seed)  # the initial weights
+    model = build_model(stage, config).to(device)
+    config = dataclasses.asdict(model.cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run["lr"],
+                                  weight_decay=run["weight_decay"])
+    ema = EMA(model, run["ema_decay"]) if run["ema_decay"] > 0 else None
+    start = 0
+    if resume:
+        state = load_checkpoint(path, stage)
+        if state["config"] != config:
+            diff = sorted(k for k in config if state["config"].get(k) != config[k])
+            raise CheckpointError(f"{path} was trained with other settings ({', '.join(diff)}); "
+                                  "resume with the same flags or choose another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.model.load_state_dict(state["ema"])
+        start = state["step"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def checkpoint(step):
+        save_checkpoint(path, dict(
+            format=FORMAT, stage=stage, config=config, run=run, seed=seed, step=step,
+            model=model.state_dict(), optimizer=optimizer.state_dict(),
+            ema=ema.model.state_dict() if ema is not None else None))
+
+    model.train()
+    bar = tqdm(range(start, run["steps"]), initial=start, total=run["steps"], desc=stage,
+               disable=quiet, mininterval=1.0, dynamic_ncols=True)
+    last_saved, tic = start, time.time()
+    for step in bar:
+        torch.manual_seed(step_seed(seed, step))  # all of this step's randomness
+        index = torch.randint(len(data), (run["batch_size"],))
+        images, captions, labels = data.batch(index)
+        images = images.to(device)
+        labels = labels.to(device) if labels is not None else None
+        for group in optimizer.param_groups:
+            group["lr"] = run["lr"] * min(1.0, (step + 1) / run["warmup"])
+        with autocast:
+            loss, figures = compute_loss(stage, model, images, captions, labels)
+        if not torch.isfinite(loss):
+            if run["on_nonfinite"] == "skip":
+                continue
+            saved = f"{path} (step {last_saved})" if os.path.exists(path) else "none yet"
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {step}; the last good checkpoint is {saved}. "
+                "Lower --lr=, or pass --on_nonfinite=skip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run["grad_clip"])
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        if (step + 1) % 10 == 0:
+            rate = 10 * run["batch_size"] / (time.time() - tic)
+            bar.set_postfix_str(f"loss {loss.item():.4f} {rate:.0f} img/s", refresh=False)
+            tic = time.time()
+        if (step + 1) % run["checkpoint_every"] == 0 or step + 1 == run["steps"]:
+            checkpoint(step + 1)
+            last_saved = step + 1
+    bar.close()
+    return model.eval(), ema.model if ema is not None else None, data
+
+
+# ----------------------------------------------------------------------------------------------
+# What a finished stage reports: figures on held-out data and pictures.
+
+@torch.no_grad()
+def evaluate(stage, model, train_data, test_data, device, out):
+    """The figures a finished stage reports, on held-out data, and its pictures."""
+    torch.manual_seed(0)
+    x, _, labels = test_data.batch(torch.arange(min(1000, len(test_data))))
+    x = x.to(device)
+    if stage == "ddpm":
+        return evaluate_ddpm(model, train_data.class_names, device, out)
+    if stage == "clip":
+        return evaluate_clip(model, test_data, train_data)
+    if stage == "classifier":
+        t = torch.full((len(x),), model.cfg.timesteps // 2, device=device)
+        return {"accuracy_t0": (model(x, 0 * t).argmax(1).cpu() == labels).float().mean().item(),
+                "accuracy_half_T": (model(model.diffusion.q_sample(x, t, torch.randn_like(x)), t)
+                                    .argmax(1).cpu() == labels).float().mean().item()}
+    mean_image = (train_data.images.float().mean(0) / 127.5 - 1).to(device)
+    figures = {"baseline_mse": (x - mean_image).pow(2).mean().item()}
+    chunks = x.split(250)
+    recon = torch.cat([model.reconstruct(c).clamp(-1, 1) for c in chunks])
+    figures["mse"] = (recon - x).pow(2).mean().item()
+    if stage == "dae":  # how well it removes the corruption it was trained on
+        denoised = torch.cat([model.reconstruct(model.corrupt(c)).clamp(-1, 1) for c in chunks])
+        figures["denoised_mse"] = (denoised - x).pow(2).mean().item()
+    if stage == "vae":
+        terms = [model.elbo_terms(c) for c in chunks]  # (log p(x | z), KL) per image
+        figures["nats"] = torch.cat([kl - log_px for log_px, kl in terms]).mean().item()
+        figures["bpd"] = figures["nats"] / (x[0].numel() * math.log(2))
+        pictures = [model.sample(16, device), model.interpolate(x[0], x[1], 8),
+                    model.interpolate(x[2], x[3], 8)]
+        datasets.save_grid(torch.cat(pictures), os.path.join(out, "vae_samples.png"), scale=3)
+    if stage == "vqvae":
+        figures["perplexity"] = model(x)[4].item()
+        figures["dead_codes"] = model.quantizer.dead_codes()
+    datasets.save_grid(torch.cat([x[:16], recon[:16]]), os.path.join(out, f"{stage}_recon.png"),
+                       scale=3)
+    return figures
+
+
+def evaluate_ddpm(model, class_names, device, out, per_class=16):
+    """A grid of DDIM samples, one row pair per class; on shapes, the share with the right shape."""
+    if not model.cfg.num_classes:
+        images = model.sample(32, steps=50, device=device)
+        datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), scale=3)
+        return {}
+    y = torch.arange(model.cfg.num_classes, device=device).repeat_interleave(per_class)
+    images = model.sample(len(y), y, guidance_scale=1.0, steps=50, device=device)
+    datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), nrow=per_class, scale=3)
+    if class_names != datasets.SHAPES:
+        return {}
+    _, right = datasets.shape_judgements(images.cpu(), [class_names[i] for i in y.tolist()])
+    return {"shape_accuracy": sum(right) / len(right)}
+
+
+def evaluate_clip(model, test_data, train_data):
+    """Retrieval on held-out pairs; on shapes, zero-shot accuracy per attribute, and both again
+    on the holdout split (colour-shape pairs never seen in training)."""
+    figures = retrieval(model, test_data)
+    if train_data.class_names == datasets.SHAPES:
+        figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model).items()})
+        holdout = datasets.shapes_data(1000, model.cfg.resolution, seed=1, split="holdout",
+                                       prefixes=False)
+        figures.update({f"holdout_{k}": v for k, v in retrieval(model, holdout).items()})
+        figures.update({f"holdout_zero_shot_{k}": v
+                        for k, v in shapes_zero_shot(model, split="holdout").items()})
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("stage", nargs="?", default=MAIN_JOB)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--data")
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int, dest="batch_size")
+    parser.add_argument("--out", default="out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/STAGE.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--eval", action="store_true",
+                        help="no training: evaluate OUT/STAGE.pt and print its figures")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        tic = time.time()
+        if args.eval:
+            state = load_checkpoint(os.path.join(args.out, f"{args.stage}.pt"), args.stage)
+            run, seed = state["run"], state["seed"]
+            model = restore_model(state, pick_device(args.device))
+            train_data = datasets.load_data(run["data"], run["resolution"], run["n_train"], seed)
+            figures = {}
+        else:
+            run, config = resolve_settings(args.stage, args, overrides)
+            seed = args.seed
+            model, ema, train_data = train(args.stage, run, config, args.out, seed, args.device,
+                                           args.resume, args.quiet)
+            model = ema or model
+            figures = {"train_seconds": round(time.time() - tic, 1)}
+        test_data = datasets.load_data(run["data"], run["resolution"], 1000, seed + 1, "test")
+        device = next(model.parameters()).device
+        figures.update(evaluate(args.stage, model, train_data, test_data, device, args.out))
+        figures["total_seconds"] = round(time.time() - tic, 1)
+        with open(os.path.join(args.out, f"{args.stage}_metrics.json"), "w") as f:
+            json.dump(dict(figures, command="python train.py " + " ".join(sys.argv[1:])), f,
+                      indent=1)
+        print(f"{args.stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+        print(f"wrote {args.out}/{args.stage}_metrics.json and pictures in {args.out}/")
+    except (ValueError, OSError, FloatingPointError) as e:  # user-facing errors: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+if __name__ == "__main__":
+    main()
