@@ -19,7 +19,7 @@ picks the class whose embedding is nearest the image's.
 Defines: CLIPConfig, Block (the pre-norm transformer block, reused by prior.py), TextEncoder,
 ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), load, zero_shot_weights,
 recall_at_k, shapes_zero_shot (per-attribute accuracy on shapes).
-Run `python clip.py` to train a small CLIP on shapes for two minutes and print its retrieval.
+Run `python clip.py` to train a small CLIP on shapes for a minute and print its retrieval.
 """
 import itertools
 import math
@@ -183,11 +183,13 @@ def load(path, device="cpu"):
 # Using a trained CLIP: zero-shot classification and retrieval.
 
 @torch.no_grad()
-def zero_shot_weights(model, prompts_per_class):
-    """One unit vector per class: the normalised mean of its prompts' normalised embeddings
-    (prompt ensembling, CLIP section 3.1.4). (C, embed_dim)."""
-    weights = [F.normalize(F.normalize(model.encode_text(prompts), dim=-1).mean(0), dim=-1)
-               for prompts in prompts_per_class]
+def zero_shot_weights(model, prompts_per_class, templates=("{}",)):
+    """One unit vector per class: the normalised mean of the normalised embeddings of its
+    prompts, each put in every template (prompt ensembling, CLIP section 3.1.4). (C, embed_dim)."""
+    weights = []
+    for prompts in prompts_per_class:
+        texts = [t.format(p) for p in prompts for t in templates]
+        weights.append(F.normalize(F.normalize(model.encode_text(texts), dim=-1).mean(0), dim=-1))
     return torch.stack(weights)
 
 
@@ -201,7 +203,8 @@ def recall_at_k(similarity, same, k):
 def _one_object_captions(**fixed):
     """Every canonical one-object caption agreeing with the fixed attributes."""
     choices = dict(size=datasets.SIZES, colour=datasets.COLOURS, shape=datasets.SHAPES,
-                   position=datasets.POSITIONS, **{k: [v] for k, v in fixed.items()})
+                   position=datasets.POSITIONS)
+    choices.update({k: [v] for k, v in fixed.items()})
     return [f"a {s} {c} {sh} {p}" for s, c, sh, p in itertools.product(
         choices["size"], choices["colour"], choices["shape"], choices["position"])]
 
@@ -218,8 +221,10 @@ def _two_object_captions(relation, n=60, seed=0):
 def shapes_zero_shot(model, n=1000, seed=1, split="train"):
     """Zero-shot accuracy per attribute on held-out shapes scenes, by prompt ensembling: each
     value's prompts are the captions with that value and every filler of the other attributes.
-    Colour, shape, size and position on one-object scenes; relation on two-object scenes."""
+    Colour, shape, size and position on one-object scenes; relation on two-object scenes. The
+    training prefixes ("a picture of ...") are the templates."""
     device = model.logit_scale.device
+    templates = [p + "{}" for p in datasets.PREFIXES]
     results = {}
     one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1)
     scenes = [datasets.parse_caption(c[0]) for c in one.captions]
@@ -227,14 +232,16 @@ def shapes_zero_shot(model, n=1000, seed=1, split="train"):
     for attribute, values in [("colour", datasets.COLOURS), ("shape", datasets.SHAPES),
                               ("size", datasets.SIZES), ("position", datasets.POSITIONS)]:
         values = list(values)
-        weights = zero_shot_weights(model, [_one_object_captions(**{attribute: v}) for v in values])
+        weights = zero_shot_weights(model, [_one_object_captions(**{attribute: v}) for v in values],
+                                    templates)
         predicted = (image_e @ weights.T).argmax(1).tolist()
         truth = [values.index(s["position"] if attribute == "position" else s["objects"][0][attribute])
                  for s in scenes]
         results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
     two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
     image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
-    weights = zero_shot_weights(model, [_two_object_captions(r) for r in datasets.RELATIONS])
+    weights = zero_shot_weights(model, [_two_object_captions(r) for r in datasets.RELATIONS],
+                                templates)
     predicted = (image_e @ weights.T).argmax(1).tolist()
     truth = [datasets.RELATIONS.index(datasets.parse_caption(c[0])["relation"]) for c in two.captions]
     results["relation"] = sum(p == t for p, t in zip(predicted, truth)) / n
@@ -263,8 +270,8 @@ if __name__ == "__main__":
     model = CLIP(CLIPConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     start = time.time()
-    for step in range(400):
-        images, captions, _ = train_data.batch(torch.randint(len(train_data), (128,)))
+    for step in range(301):
+        images, captions, _ = train_data.batch(torch.randint(len(train_data), (64,)))
         loss, figures = model.loss(images, captions)
         opt.zero_grad()
         loss.backward()

@@ -3,7 +3,8 @@
     python bench/guidance.py --ddpm out/ddpm.pt --classifier out/classifier.pt --out docs
 
 For each guidance scale, samples `--per-class` images of each shape class and judges them with
-data.py's checker: fidelity is the share whose single object has the requested shape, diversity
+data.py's checker: fidelity is the share whose single object has the requested shape (also split
+into the share showing exactly one clean object, and the right-shape rate among those), diversity
 the summed entropy (bits) of the colour, size and position of those objects. Classifier-free
 guidance varies w (0: unconditional, 1: conditional); classifier guidance varies the gradient
 scale on the conditional model (w = 1). Then DDIM at 25/50/100 steps against DDPM at all T steps.
@@ -28,7 +29,10 @@ def judge(model, y, seed, **sampling):
     tic = time.time()
     images = model.sample(len(y), y, **sampling)
     objects, right = datasets.shape_judgements(images, [datasets.SHAPES[i] for i in y.tolist()])
+    single = sum(o is not None for o in objects)
     return {"shape_accuracy": sum(right) / len(right),
+            "one_object": single / len(objects),
+            "shape_given_one_object": sum(right) / max(single, 1),
             "attribute_entropy_bits": datasets.attribute_entropy(objects),
             "seconds": round(time.time() - tic, 1)}, images
 
@@ -71,16 +75,20 @@ def main():
 
 
 def write_table(results, path, n, n_small):
-    lines = [f"| guidance | scale | right shape ({n} samples) | attribute entropy (bits) | time (s) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [f"| guidance | scale | right shape ({n} samples) | one clean object | right shape "
+             "among those | attribute entropy (bits) | time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind, label in [("classifier_free", "classifier-free w"), ("classifier", "classifier s")]:
         for scale, r in results[kind].items():
             lines.append(f"| {label} | {scale:g} | {r['shape_accuracy']:.2f} | "
+                         f"{r['one_object']:.2f} | {r['shape_given_one_object']:.2f} | "
                          f"{r['attribute_entropy_bits']:.2f} | {r['seconds']} |")
-    lines += ["", f"| sampler ({n_small} samples, w = 1) | right shape | attribute entropy (bits) | "
-                  "time (s) |", "| --- | --- | --- | --- |"]
+    lines += ["", f"| sampler ({n_small} samples, w = 1) | right shape | one clean object | "
+                  "right shape among those | attribute entropy (bits) | time (s) |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results["samplers"].items():
-        lines.append(f"| {name} | {r['shape_accuracy']:.2f} | {r['attribute_entropy_bits']:.2f} | "
+        lines.append(f"| {name} | {r['shape_accuracy']:.2f} | {r['one_object']:.2f} | "
+                     f"{r['shape_given_one_object']:.2f} | {r['attribute_entropy_bits']:.2f} | "
                      f"{r['seconds']} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -92,13 +100,17 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, label in [("classifier_free", "classifier-free (w)"), ("classifier", "classifier (s)")]:
+    for i, (kind, label) in enumerate([("classifier_free", "classifier-free (w)"),
+                                       ("classifier", "classifier (s)")]):
         scales = list(results[kind])
         accuracy = [results[kind][s]["shape_accuracy"] for s in scales]
+        given_one = [results[kind][s]["shape_given_one_object"] for s in scales]
         entropy = [results[kind][s]["attribute_entropy_bits"] for s in scales]
-        axes[0].plot(scales, accuracy, "o-", label=label)
-        axes[0].plot(scales, [e / 5.9 for e in entropy], "s--", label=f"{label}: diversity / max")
-        axes[1].plot(entropy, accuracy, "o-", label=label)
+        axes[0].plot(scales, accuracy, "o-", color=f"C{i}", label=f"{label}: right shape")
+        axes[0].plot(scales, given_one, "^:", color=f"C{i}", label=f"{label}: right among clean")
+        axes[0].plot(scales, [e / 5.9 for e in entropy], "s--", color=f"C{i}",
+                     label=f"{label}: diversity / max")
+        axes[1].plot(entropy, accuracy, "o-", color=f"C{i}", label=label)
         for s, e, a in zip(scales, entropy, accuracy):
             axes[1].annotate(f"{s:g}", (e, a), textcoords="offset points", xytext=(4, 4))
     axes[0].set(xlabel="guidance scale", ylabel="share / normalised entropy",

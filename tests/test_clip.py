@@ -9,7 +9,7 @@ import train
 from checkpoint import CheckpointError, save_checkpoint
 from data import shapes_data
 
-TINY = dict(embed_dim=16, context_length=64, text_width=32, text_layers=1, text_heads=2,
+TINY = dict(embed_dim=16, context_length=80, text_width=32, text_layers=1, text_heads=2,
             resolution=16, patch_size=4, vision_width=32, vision_layers=1, vision_heads=2)
 
 

@@ -247,3 +247,28 @@ def test_ema_tracks_the_weights():
     before = ema.model.weight.clone()
     ema.update(net)
     assert torch.allclose(ema.model.weight, 0.5 * before + 0.5 * net.weight)
+
+
+def test_dynamic_thresholding_rescales_only_outliers():
+    d = GaussianDiffusion(cosine_beta_schedule(10), clip_x0="dynamic")
+    inside = torch.rand(2, 3, 4, 4) * 1.8 - 0.9
+    assert torch.equal(d.process_x0(inside), inside)  # percentile below 1: untouched
+    outside = inside.clone()
+    outside[1] *= 3  # this sample's 99.5th percentile of |x0| is s > 1: clip to s, divide by s
+    out = d.process_x0(outside)
+    s = torch.quantile(outside[1].abs().flatten(), 0.995)
+    assert torch.equal(out[0], inside[0]) and torch.allclose(out[1], outside[1].clamp(-s, s) / s)
+
+
+def test_ddpm_guidance_scale_zero_and_one_are_the_unconditional_and_conditional_model():
+    torch.manual_seed(0)
+    model = DDPM(DDPMConfig(**_tiny_unet_config(num_classes=3), timesteps=10)).eval()
+    for p in model.parameters():  # random weights, so the label matters
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 7]), torch.tensor([0, 2])
+    with torch.no_grad():
+        null = model.unet(x, t, torch.full_like(y, 3))
+        cond = model.unet(x, t, y)
+        assert torch.allclose(model.model_fn(y, 0.0)(x, t), null, atol=1e-5)
+        assert torch.allclose(model.model_fn(y, 1.0)(x, t), cond, atol=1e-5)
+        assert torch.allclose(model.model_fn(y, 2.5)(x, t), null + 2.5 * (cond - null), atol=1e-4)

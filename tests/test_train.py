@@ -1,5 +1,9 @@
 """train.py: exact resume, atomic checkpoints, loads that explain, one-line errors."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -93,5 +97,40 @@ def test_command_line_errors_are_one_line(argv, message, capsys):
 def test_main_trains_and_reports(tmp_path, capsys):
     train.main(["vqvae", "--out", str(tmp_path), "--steps", "3", "--resolution", "16",
                 "--batch-size", "4", "--n_train=16", "--channels=8", "--quiet"])
-    assert "vqvae: baseline_mse" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("vqvae: train_seconds") and "perplexity" in out
     assert {"vqvae.pt", "vqvae_recon.png", "vqvae_metrics.json"} <= set(os.listdir(tmp_path))
+
+
+def test_eval_flag_reports_a_trained_checkpoint_without_training(tmp_path, capsys):
+    argv = ["ae", "--out", str(tmp_path), "--steps", "2", "--resolution", "16", "--batch-size",
+            "4", "--n_train=16", "--channels=8", "--quiet"]
+    train.main(argv)
+    step = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["step"]
+    capsys.readouterr()
+    train.main(["ae", "--out", str(tmp_path), "--eval"])
+    out = capsys.readouterr().out
+    assert "ae: baseline_mse" in out and "train_seconds" not in out
+    assert checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["step"] == step
+
+
+def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL a real training process after its first checkpoint; --resume must then end with
+    exactly the weights of an uninterrupted run."""
+    args = ["ae", "--steps", "600", "--resolution", "16", "--batch-size", "4", "--n_train=32",
+            "--channels=8", "--checkpoint_every=20", "--quiet"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "train.py", *args, "--out", str(killed)], cwd=root)
+    deadline = time.time() + 120
+    while not (killed / "ae.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = checkpoint.load_checkpoint(str(killed / "ae.pt"))["step"]  # whole, not truncated
+    assert 0 < step < 600, step
+    train.main(args + ["--out", str(killed), "--resume"])
+    train.main(args + ["--out", str(tmp_path / "straight")])
+    resumed = checkpoint.load_checkpoint(str(killed / "ae.pt"))["model"]
+    straight = checkpoint.load_checkpoint(str(tmp_path / "straight" / "ae.pt"))["model"]
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
