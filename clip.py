@@ -55,7 +55,8 @@ class Block(nn.Module):
         self.heads, self.causal = heads, causal
         self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width))
 
     def attention(self, x):
         b, n, w = x.shape
@@ -75,7 +76,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tokenizer = datasets.ByteTokenizer(cfg.context_length)
         self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.text_width)
-        self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length, cfg.text_width))
+        self.positional_embedding = nn.Parameter(
+            0.01 * torch.randn(cfg.context_length, cfg.text_width))
         # Causal, as in CLIP: each token sees only those before it, so the end-of-text token
         # summarises the caption (and the same encoder can serve a language model).
         self.blocks = nn.Sequential(*[Block(cfg.text_width, cfg.text_heads, causal=True)
@@ -102,7 +104,8 @@ class ViTEncoder(nn.Module):
         self.class_token = nn.Parameter(0.02 * torch.randn(width))
         self.positional_embedding = nn.Parameter(0.02 * torch.randn(n + 1, width))
         self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.blocks = nn.Sequential(*[Block(width, cfg.vision_heads) for _ in range(cfg.vision_layers)])
+        self.blocks = nn.Sequential(*[Block(width, cfg.vision_heads)
+                                      for _ in range(cfg.vision_layers)])
         self.projection = nn.Linear(width, cfg.embed_dim, bias=False)
 
     def forward(self, images):
@@ -196,7 +199,7 @@ def zero_shot_weights(model, prompts_per_class, templates=("{}",)):
 def recall_at_k(similarity, same, k):
     """Share of queries (rows) whose top-k columns include a match; same[i, j] marks matches
     (items with identical captions all count, since the caption cannot tell them apart)."""
-    top = similarity.topk(k, dim=1).indices                    # (Q, k)
+    top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices  # (Q, k)
     return same.gather(1, top).any(dim=1).float().mean().item()
 
 
@@ -235,15 +238,16 @@ def shapes_zero_shot(model, n=1000, seed=1, split="train"):
         weights = zero_shot_weights(model, [_one_object_captions(**{attribute: v}) for v in values],
                                     templates)
         predicted = (image_e @ weights.T).argmax(1).tolist()
-        truth = [values.index(s["position"] if attribute == "position" else s["objects"][0][attribute])
-                 for s in scenes]
+        truth = [values.index(s["position"] if attribute == "position"
+                              else s["objects"][0][attribute]) for s in scenes]
         results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
     two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
     image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
     weights = zero_shot_weights(model, [_two_object_captions(r) for r in datasets.RELATIONS],
                                 templates)
     predicted = (image_e @ weights.T).argmax(1).tolist()
-    truth = [datasets.RELATIONS.index(datasets.parse_caption(c[0])["relation"]) for c in two.captions]
+    truth = [datasets.RELATIONS.index(datasets.parse_caption(c[0])["relation"])
+             for c in two.captions]
     results["relation"] = sum(p == t for p, t in zip(predicted, truth)) / n
     return results
 
@@ -255,7 +259,8 @@ def retrieval(model, data):
     captions = [c[0] for c in data.captions]
     image_e = torch.cat([model.encode_image(x.float().to(device) / 127.5 - 1)
                          for x in data.images.split(250)])
-    text_e = torch.cat([model.encode_text(captions[i:i + 250]) for i in range(0, len(captions), 250)])
+    text_e = torch.cat([model.encode_text(captions[i:i + 250])
+                        for i in range(0, len(captions), 250)])
     similarity = F.normalize(image_e, dim=-1) @ F.normalize(text_e, dim=-1).T   # (N, N)
     same = torch.tensor([[a == b for b in captions] for a in captions], device=device)
     return {f"{name}_r@{k}": recall_at_k(s, same, k)

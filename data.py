@@ -70,7 +70,8 @@ def _random_scene(rng):
     colour_a, colour_b = rng.choice(6, size=2, replace=False)  # two different colours
     a, b = _object(rng, colour_names[colour_a]), _object(rng, colour_names[colour_b])
     relation = RELATIONS[rng.integers(4)]
-    first, second = {"to the left of": ((16, 32), (48, 32)), "to the right of": ((48, 32), (16, 32)),
+    first, second = {"to the left of": ((16, 32), (48, 32)),
+                     "to the right of": ((48, 32), (16, 32)),
                      "above": ((32, 16), (32, 48)), "below": ((32, 48), (32, 16))}[relation]
     return {"objects": [_place(a, first, rng), _place(b, second, rng)], "relation": relation}
 
@@ -246,7 +247,8 @@ def check_image(image, caption):
             for key in ("colour", "shape", "size"):
                 result[f"{name}_{key}"] = f is not None and f[key] == w[key]
         if n == 1:
-            result["position"] = bool(order) and _position_of(order[0]["centre"]) == want["position"]
+            result["position"] = (bool(order)
+                                  and _position_of(order[0]["centre"]) == want["position"])
         else:
             result["relation"] = (len(order) == 2
                                   and _relation_of(order[0], order[1]) == want["relation"])
@@ -266,7 +268,8 @@ def check_images(images, captions):
     summary = {}
     for group, results in groups.items():
         if results:
-            summary[group] = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+            summary[group] = {key: sum(r[key] for r in results) / len(results)
+                              for key in results[0]}
             summary[group]["n"] = len(results)
     everything = groups["one"] + groups["two"]
     summary["exact"] = sum(r["exact"] for r in everything) / max(len(everything), 1)
@@ -312,7 +315,8 @@ class TensorData:
         """Images in [-1, 1], one caption per image (drawn with generator), labels."""
         images = self.images[index].float() / 127.5 - 1
         picks = torch.randint(0, 1 << 30, (len(index),), generator=generator).tolist()
-        captions = [self.captions[i][p % len(self.captions[i])] for i, p in zip(index.tolist(), picks)]
+        captions = [self.captions[i][p % len(self.captions[i])]
+                    for i, p in zip(index.tolist(), picks)]
         labels = None if self.labels is None else self.labels[index]
         return images, captions, labels
 
@@ -336,7 +340,8 @@ def _square(img, resolution):
     img = img.convert("RGB")
     w, h = img.size
     side = min(w, h)
-    img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
     return np.array(img.resize((resolution, resolution), Image.BICUBIC))
 
 
@@ -468,7 +473,8 @@ def load_coco(path, split="train", resolution=64, n=10000, seed=None):
     files = [os.path.join(path, f"{split}2017", im["file_name"]) for im in entries]
     images, kept = _read_images(files, resolution)
     if images is None:
-        _fail(os.path.join(path, f"{split}2017"), "no readable COCO image", "Check the image folder")
+        _fail(os.path.join(path, f"{split}2017"), "no readable COCO image",
+              "Check the image folder")
     blob = {"images": images, "captions": [captions[entries[i]["id"]] for i in kept]}
     torch.save(blob, cache + ".tmp")
     os.replace(cache + ".tmp", cache)

@@ -54,7 +54,7 @@ def cosine_beta_schedule(T, s=0.008):
 
 
 def extract(a, t, x):
-    """Coefficients a[t] for a batch of timesteps, shaped to broadcast against x: (B,) -> (B,1..)."""
+    """Coefficients a[t] for a batch of timesteps, shaped to broadcast against x: (B, 1, ...)."""
     return a.to(x.device)[t].float().view(-1, *([1] * (x.dim() - 1)))
 
 
@@ -85,7 +85,8 @@ class GaussianDiffusion:
         # beta_tilde_0 = 0: take the log of beta_tilde_1 there, as improved DDPM does.
         self.posterior_log_variance_clipped = torch.log(
             torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
-        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = (betas * self.alphas_cumprod_prev.sqrt()
+                                     / (1 - self.alphas_cumprod))
         self.posterior_mean_coef2 = ((1 - self.alphas_cumprod_prev) * (1 - betas).sqrt()
                                      / (1 - self.alphas_cumprod))
 
@@ -179,7 +180,8 @@ class GaussianDiffusion:
             x0 = self.process_x0(self.x0_from_eps(x_t, t, eps))
         abar_prev = (extract(self.alphas_cumprod, t_prev.clamp(min=0), x_t) if t_prev.min() >= 0
                      else torch.ones_like(abar_t))
-        # Song et al. eq. 16: sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+        # Song et al. eq. 16:
+        # sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
         direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         return abar_prev.sqrt() * x0 + direction + sigma * torch.randn_like(x_t)
@@ -259,7 +261,8 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in, c_out, emb_dim, dropout):
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.in_layers = nn.Sequential(group_norm(c_in), nn.SiLU(),
+                                       nn.Conv2d(c_in, c_out, 3, padding=1))
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
         self.out_layers = nn.Sequential(group_norm(c_out), nn.SiLU(), nn.Dropout(dropout),
                                         nn.Conv2d(c_out, c_out, 3, padding=1))
@@ -353,7 +356,8 @@ class UNet(nn.Module):
         check_resolution(cfg)
         self.cfg = cfg
         ch, emb_dim = cfg.channels, 4 * cfg.channels
-        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
+                                        nn.Linear(emb_dim, emb_dim))
         self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.vector_embed = nn.Linear(cfg.embedding_dim, emb_dim) if cfg.embedding_dim else None
         self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
@@ -384,7 +388,8 @@ class UNet(nn.Module):
                     layers.append(Upsample(c))
                     res *= 2
                 self.up.append(TimestepSequential(layers))
-        self.out = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv2d(c, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c), nn.SiLU(),
+                                 nn.Conv2d(c, cfg.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -557,9 +562,9 @@ if __name__ == "__main__":
         def __init__(self, width=256):
             super().__init__()
             self.label = nn.Embedding(3, width)  # label 2 is the null label
-            self.net = nn.Sequential(nn.Linear(2 + width, width), nn.SiLU(), nn.Linear(width, width),
-                                     nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                     nn.Linear(width, 2))
+            self.net = nn.Sequential(nn.Linear(2 + width, width), nn.SiLU(),
+                                     nn.Linear(width, width), nn.SiLU(),
+                                     nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
 
         def forward(self, x, t, y):
             return self.net(torch.cat([x, timestep_embedding(t, 256) + self.label(y)], 1))

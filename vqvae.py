@@ -55,7 +55,8 @@ class VectorQuantizer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.codebook = nn.Parameter(torch.randn(cfg.num_codes, cfg.embedding_dim) / cfg.embedding_dim)
+        self.codebook = nn.Parameter(torch.randn(cfg.num_codes, cfg.embedding_dim)
+                                     / cfg.embedding_dim)
         self.codebook.requires_grad_(cfg.ema_decay == 0)
         # Running statistics: the EMA cluster sizes and sums, and usage to find dead codes.
         self.register_buffer("ema_count", torch.ones(cfg.num_codes))

@@ -27,7 +27,8 @@ def matched_configs(channels):
                 attention_resolutions=(8,))
     reference = dict(block_out_channels=(channels, 2 * channels, 2 * channels, 2 * channels),
                      layers_per_block=2,
-                     down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                     down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
+                                       "DownBlock2D"),
                      up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
     return ours, reference
 
@@ -52,7 +53,8 @@ def measure(build, config, device, batch, steps, warmup=2):
     net.to(device)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x, t = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 1000, (batch,), device=device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
 
     def sync():
         if device.type == "cuda":

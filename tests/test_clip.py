@@ -87,3 +87,18 @@ def test_load_returns_a_frozen_model_and_refuses_other_stages(tmp_path):
     save_checkpoint(str(tmp_path / "vae.pt"), {"format": "unclip-from-scratch/1", "stage": "vae"})
     with pytest.raises(CheckpointError, match="holds a 'vae' model, not 'clip'"):
         clip.load(str(tmp_path / "vae.pt"))
+
+
+def test_trains_from_a_metadata_jsonl_folder(tmp_path, capsys):
+    from PIL import Image
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rows = []
+    for i, colour in enumerate(["red", "blue", "green", "white"]):
+        Image.new("RGB", (20, 20), colour).save(folder / f"{i}.png")
+        rows.append('{"file_name": "%d.png", "text": "a %s square"}' % (i, colour))
+    (folder / "metadata.jsonl").write_text("\n".join(rows))
+    overrides = [f"--{k}={v}" for k, v in TINY.items() if k != "resolution"]
+    train.main(["clip", "--data", f"folder:{folder}", "--resolution", "16", "--steps", "2",
+                "--batch-size", "4", "--out", str(tmp_path / "run"), "--quiet"] + overrides)
+    assert "image_to_text_r@1" in capsys.readouterr().out

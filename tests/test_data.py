@@ -75,7 +75,8 @@ def _digest(n):
 
 
 def test_shapes_deterministic_across_processes():
-    code = "import sys; sys.path.insert(0, '.'); from tests.test_data import _digest; print(_digest(20))"
+    code = ("import sys; sys.path.insert(0, '.'); from tests.test_data import _digest; "
+            "print(_digest(20))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     other = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                            check=True).stdout.strip()
@@ -103,7 +104,8 @@ def test_checker_exact_match_on_ground_truth(resolution, target):
 
 def test_checker_catches_each_wrong_attribute():
     scene = {"objects": [{"shape": "circle", "colour": "red", "size": "small", "centre": (16, 32)},
-                         {"shape": "square", "colour": "blue", "size": "large", "centre": (48, 32)}],
+                         {"shape": "square", "colour": "blue", "size": "large",
+                          "centre": (48, 32)}],
              "relation": "to the left of"}
     image = torch.from_numpy(render(scene, 32)).permute(2, 0, 1)
     right = "a small red circle to the left of a large blue square"
@@ -239,7 +241,8 @@ def test_tokenizer_round_trip_and_padding():
     tok = ByteTokenizer(context_length=32)
     tokens = tok(["a small red circle", "é"])
     assert tokens.shape == (2, 32)
-    assert tokens[0, 0] == tok.sot and tokens[0, 19] == tok.eot and (tokens[0, 20:] == tok.pad).all()
+    assert tokens[0, 0] == tok.sot and tokens[0, 19] == tok.eot
+    assert (tokens[0, 20:] == tok.pad).all()
     assert tok.decode(tokens[0]) == "a small red circle" and tok.decode(tokens[1]) == "é"
 
 

@@ -79,7 +79,8 @@ def test_q_posterior_matches_bayes_rule():
     betas = cosine_beta_schedule(100)
     abar = torch.cumprod(1 - betas, 0)
     a_t, ab_prev, b_t = (1 - betas[t])[:, None], abar[t - 1][:, None], betas[t][:, None]
-    # precision-weighted product of N(x_t / sqrt(a_t), b_t / a_t) and N(sqrt(ab_prev) x0, 1 - ab_prev)
+    # the precision-weighted product of N(x_t / sqrt(a_t), b_t / a_t)
+    # and N(sqrt(ab_prev) x0, 1 - ab_prev)
     p1, p2 = a_t / b_t, 1 / (1 - ab_prev)
     exact_var = 1 / (p1 + p2)
     exact_mean = exact_var * (p1 * x_t.double() / a_t.sqrt() + p2 * ab_prev.sqrt() * x0.double())
