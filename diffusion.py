@@ -28,6 +28,7 @@ ddim_sample and their loops), EMA, the U-Net (UNetConfig, ResBlock, AttentionBlo
 Run `python diffusion.py` to fit a 2-D toy distribution and show both guidances at work.
 """
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -506,8 +507,9 @@ class NoisyClassifier(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        unet = UNet(UNetConfig(**{k: getattr(cfg, k) for k in UNetConfig.__dataclass_fields__
-                                  if k != "num_classes"}))
+        # Build a U-Net without label conditioning (the label is the output here) and keep its
+        # encoding half; the decoding half is dropped.
+        unet = UNet(dataclasses.replace(cfg, num_classes=0))
         self.time_embed, self.input_conv = unet.time_embed, unet.input_conv
         self.down, self.middle = unet.down, unet.middle
         c = cfg.channels * cfg.channel_mult[-1]
