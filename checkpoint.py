@@ -7,19 +7,29 @@ checkpoint whole, and read with torch.load(weights_only=True), so a downloaded f
 code. Loading checks the format and stage and says what is wrong in one line.
 
 Defines: model_class and build_model (the one place that maps a stage to its model),
-save_checkpoint, load_checkpoint, restore_model, and pick_device (CUDA, then MPS, then CPU).
+save_checkpoint, load_checkpoint, restore_model, fingerprint, load_unclip (the whole cascade,
+checked), and pick_device (CUDA, then MPS, then CPU).
 """
 import os
 
 import torch
 
 from clip import CLIP, CLIPConfig
+from decoder import Decoder, DecoderConfig
 from diffusion import DDPM, ClassifierConfig, DDPMConfig, NoisyClassifier
+from prior import ARPrior, ARPriorConfig, DiffusionPrior, PriorConfig
+from upsample import Upsampler, UpsamplerConfig
 from vae import AutoEncoder, VAEConfig
 from vqvae import VQVAE, VQVAEConfig
 
 FORMAT = "unclip-from-scratch/1"
-STAGES = ("ae", "dae", "vae", "vqvae", "ddpm", "classifier", "clip")
+STAGES = ("ae", "dae", "vae", "vqvae", "ddpm", "classifier", "clip", "prior", "ar_prior",
+          "decoder", "upsampler", "upsampler2")
+CLASSES = {"vqvae": (VQVAEConfig, VQVAE), "ddpm": (DDPMConfig, DDPM),
+           "classifier": (ClassifierConfig, NoisyClassifier), "clip": (CLIPConfig, CLIP),
+           "prior": (PriorConfig, DiffusionPrior), "ar_prior": (ARPriorConfig, ARPrior),
+           "decoder": (DecoderConfig, Decoder), "upsampler": (UpsamplerConfig, Upsampler),
+           "upsampler2": (UpsamplerConfig, Upsampler)}
 
 
 class CheckpointError(ValueError):
@@ -30,14 +40,8 @@ def model_class(stage):
     """stage -> (config dataclass, model class)."""
     if stage in ("ae", "dae", "vae"):
         return VAEConfig, AutoEncoder
-    if stage == "vqvae":
-        return VQVAEConfig, VQVAE
-    if stage == "ddpm":
-        return DDPMConfig, DDPM
-    if stage == "classifier":
-        return ClassifierConfig, NoisyClassifier
-    if stage == "clip":
-        return CLIPConfig, CLIP
+    if stage in CLASSES:
+        return CLASSES[stage]
     raise ValueError(f"unknown stage {stage!r}: choose from {', '.join(STAGES)}")
 
 
@@ -94,6 +98,38 @@ def restore_model(state, device="cpu", use_ema=True):
         raise CheckpointError("checkpoint weights do not match its config "
                               "(written by another version of this code?)") from None
     return model.to(device).eval()
+
+
+def fingerprint(model):
+    """A number that changes when any weight does: the prior and decoder record their CLIP's,
+    so that sampling with a retrained CLIP is caught instead of silently producing noise."""
+    return round(sum(p.detach().cpu().double().abs().sum().item() for p in model.parameters()), 4)
+
+
+def load_unclip(folder, device="cpu", prior_stage="prior"):
+    """The cascade `python train.py` writes to a folder: (clip, prior, decoder, upsamplers), all
+    in eval mode, the prior and decoder checked to have been trained on this CLIP."""
+    clip_model = restore_model(load_checkpoint(os.path.join(folder, "clip.pt"), "clip"), device)
+    stamp = fingerprint(clip_model.requires_grad_(False))
+    models = []
+    for stage in (prior_stage, "decoder"):
+        path = os.path.join(folder, f"{stage}.pt")
+        state = load_checkpoint(path, stage)
+        if state.get("clip") != stamp:
+            raise CheckpointError(f"{path} was trained with another CLIP than {folder}/clip.pt: "
+                                  f"train it again (python train.py {stage} --out {folder})")
+        models.append(restore_model(state, device))
+    upsamplers, resolution = [], models[1].cfg.resolution
+    for stage in ("upsampler", "upsampler2"):
+        path = os.path.join(folder, f"{stage}.pt")
+        if os.path.exists(path):
+            upsampler = restore_model(load_checkpoint(path, stage), device)
+            if upsampler.cfg.low_resolution != resolution:
+                raise CheckpointError(f"{path} takes {upsampler.cfg.low_resolution} px images, "
+                                      f"but the stage before it makes {resolution} px")
+            upsamplers.append(upsampler)
+            resolution = upsampler.cfg.resolution
+    return clip_model, models[0], models[1], upsamplers
 
 
 def pick_device(name):

@@ -17,7 +17,8 @@ Zero-shot classification embeds one prompt per class (or averages many: prompt e
 picks the class whose embedding is nearest the image's.
 
 Defines: CLIPConfig, Block (the pre-norm transformer block, reused by prior.py), TextEncoder,
-ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), load, zero_shot_weights,
+ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), normalise_embedding,
+load, zero_shot_weights,
 recall_at_k, shapes_zero_shot (per-attribute accuracy on shapes).
 Run `python clip.py` to train a small CLIP on shapes for a minute and print its retrieval.
 """
@@ -142,11 +143,13 @@ class CLIP(nn.Module):
         self.visual = ViTEncoder(cfg) if cfg.image_encoder == "vit" else ConvEncoder(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def encode_text(self, texts):
-        """list of str -> (B, embed_dim) unnormalised text embeddings."""
+    def encode_text(self, texts, return_tokens=False):
+        """list of str -> (B, embed_dim) unnormalised text embeddings; with return_tokens, also
+        the (B, context_length, text_width) features of every token (the prior's and decoder's
+        view of the caption)."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.text(self.text.tokenizer(texts).to(self.logit_scale.device))
+        return self.text(self.text.tokenizer(texts).to(self.logit_scale.device), return_tokens)
 
     def encode_image(self, images):
         """(B, 3, R, R) floats in [-1, 1] -> (B, embed_dim) unnormalised image embeddings."""
@@ -170,6 +173,13 @@ class CLIP(nn.Module):
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         accuracy = (logits.argmax(1) == target).float().mean().item()
         return loss, {"accuracy": accuracy, "temperature": 1 / self.logit_scale.exp().item()}
+
+
+def normalise_embedding(z):
+    """Unit length (CLIP compares embeddings by cosine only), times sqrt(D), so each coordinate
+    has about unit variance: the scale of the N(0, I) noise the prior's diffusion adds to it.
+    The prior and the decoder both see embeddings on this scale."""
+    return F.normalize(z, dim=-1) * math.sqrt(z.shape[-1])
 
 
 def load(path, device="cpu"):

@@ -212,16 +212,19 @@ class GaussianDiffusion:
 
 class EMA:
     """An exponential moving average of a model's weights, used for sampling:
-    theta_ema <- decay theta_ema + (1 - decay) theta after each optimiser step."""
+    theta_ema <- d theta_ema + (1 - d) theta after each optimiser step, with the decay warmed up,
+    d = min(decay, (1 + step) / (10 + step)): otherwise a short run's average still holds a
+    share decay^steps of the initial weights (0.995^500 = 8%, enough to tint every sample)."""
 
     def __init__(self, model, decay):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self, model, step):
+        decay = min(self.decay, (1 + step) / (10 + step))
         for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            p_ema.lerp_(p, 1 - self.decay)
+            p_ema.lerp_(p, 1 - decay)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -237,7 +240,8 @@ class UNetConfig:
     channels: int = 64                  # width at full resolution
     channel_mult: tuple = (1, 2, 2)     # width multiplier per level; each level halves the size
     num_res_blocks: int = 2             # residual blocks per level
-    attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention
+    attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention (and,
+                                         # if any, the middle block)
     num_heads: int = 4
     dropout: float = 0.1
     num_classes: int = 0      # > 0: a class label (plus a learned null label for guidance)
@@ -375,8 +379,10 @@ class UNet(nn.Module):
                 self.down.append(TimestepSequential([Downsample(c)]))
                 skips.append(c)
                 res //= 2
-        self.middle = TimestepSequential([ResBlock(c, c, emb_dim, cfg.dropout),
-                                          AttentionBlock(c, cfg.num_heads, cfg.context_dim),
+        # The middle attends too, unless the model has no attention at all (an upsampler).
+        middle_attention = ([AttentionBlock(c, cfg.num_heads, cfg.context_dim)]
+                            if cfg.attention_resolutions else [])
+        self.middle = TimestepSequential([ResBlock(c, c, emb_dim, cfg.dropout), *middle_attention,
                                           ResBlock(c, c, emb_dim, cfg.dropout)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -440,6 +446,13 @@ def drop_labels(y, p_uncond, null_label):
     return torch.where(torch.rand(y.shape, device=y.device) < p_uncond, null_label, y)
 
 
+def drop_condition(c, p_uncond):
+    """The same for a continuous condition (B, ...): each row zeroed with probability p_uncond.
+    Zeros are the null condition that classifier-free guidance samples with."""
+    keep = torch.rand(len(c), device=c.device) >= p_uncond
+    return c * keep.view(-1, *([1] * (c.dim() - 1)))
+
+
 class DDPM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -485,9 +498,15 @@ def classifier_free_guidance(model_fn, cond, null_cond, guidance_scale):
     """Run the model with and without its condition in one batch and extrapolate:
     out = out_uncond + w (out_cond - out_uncond). w = 0 is the unconditional model, w = 1 the
     conditional one, w > 1 guides (the GLIDE / DALL-E 2 convention; Ho & Salimans' w is ours - 1).
-    Mixing the raw outputs is exact for eps, x0 and v alike, since each is linear in the others."""
+    Mixing the raw outputs is exact for eps, x0 and v alike, since each is linear in the others.
+    cond and null_cond are tensors, or tuples of tensors for a model with several conditions."""
+    if torch.is_tensor(cond):
+        both = torch.cat([cond, null_cond])
+    else:
+        both = tuple(torch.cat(pair) for pair in zip(cond, null_cond))
+
     def guided(x_t, t):
-        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null_cond]))
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), both)
         out_cond, out_uncond = out.chunk(2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
     return guided

@@ -240,13 +240,16 @@ def test_noisy_classifier_learns_and_guides():
     assert grad.shape == images[:4].shape and grad.abs().sum() > 0
 
 
-def test_ema_tracks_the_weights():
+def test_ema_tracks_the_weights_with_a_warmed_up_decay():
     net = torch.nn.Linear(2, 1)
     ema = EMA(net, decay=0.5)
     with torch.no_grad():
         net.weight.add_(1.0)
     before = ema.model.weight.clone()
-    ema.update(net)
+    ema.update(net, step=0)     # warm-up: decay (1 + 0) / (10 + 0) = 0.1
+    assert torch.allclose(ema.model.weight, 0.1 * before + 0.9 * net.weight)
+    before = ema.model.weight.clone()
+    ema.update(net, step=100)   # later: the configured 0.5
     assert torch.allclose(ema.model.weight, 0.5 * before + 0.5 * net.weight)
 
 

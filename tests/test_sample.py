@@ -1,8 +1,14 @@
-"""sample.py: grids and folders from a DDPM checkpoint, guidance flags, one-line errors."""
+"""sample.py: the DDPM with guidance; unCLIP's text to image, variations, interpolations and
+text diffs; one-line errors for bad input."""
 import os
+import shutil
 
 import pytest
+import torch
+from PIL import Image
 
+import checkpoint
+import data as datasets
 import sample
 import train
 
@@ -49,3 +55,74 @@ def test_wrong_stage_checkpoint_is_refused(checkpoints, capsys):
     with pytest.raises(SystemExit):
         sample.main(["ddpm", "--ckpt", str(checkpoints / "classifier.pt")])
     assert "holds a 'classifier' model, not 'ddpm'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# unCLIP, on the tiny cascade of conftest.py.
+
+FAST = ["--steps", "2", "--upsampler-steps", "2"]
+
+
+def test_text_to_image_writes_a_grid_or_files_named_by_prompt_and_sample(cascade, tmp_path):
+    sample.main(["a small red circle on the left", "--models", str(cascade), "--n", "2",
+                 "--out", str(tmp_path / "grid.png")] + FAST)
+    assert Image.open(tmp_path / "grid.png").size[0] > 64
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large blue square at the top\na small red circle above a small "
+                       "green triangle\n")
+    for prior in ("diffusion", "ar"):
+        sample.main(["--prompts", str(prompts), "--models", str(cascade), "--n", "2", "--prior",
+                     prior, "--out", str(tmp_path / prior)] + FAST)
+        names = sorted(os.listdir(tmp_path / prior))
+        assert names == ["0000_0.png", "0000_1.png", "0001_0.png", "0001_1.png"]
+        assert Image.open(tmp_path / prior / "0001_1.png").size == (64, 64)
+
+
+def test_variations_interpolations_and_text_diffs(cascade, tmp_path):
+    scenes = datasets.shapes_data(2, 64, seed=3)
+    for i in range(2):
+        datasets.save_grid(scenes.batch(torch.tensor([i]))[0], str(tmp_path / f"{i}.png"))
+    a, b = str(tmp_path / "0.png"), str(tmp_path / "1.png")
+    for flags, count in [(["--variations", a, "--n", "3"], 4),
+                         (["--interpolate", a, b, "--n", "5"], 5),
+                         (["--text-diff", "a red circle", "a blue circle", a, "--n", "4"], 4)]:
+        out = tmp_path / flags[0].strip("-")
+        sample.main(flags + ["--models", str(cascade), "--out", str(out)] + FAST)
+        assert len(os.listdir(out)) == count, flags[0]
+
+
+def test_slerp_stays_on_the_sphere_and_hits_both_ends():
+    a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
+    path = sample.slerp(a, b, torch.linspace(0, 1, 5))
+    assert torch.allclose(path.norm(dim=1), torch.full((5,), 3.0))
+    assert torch.allclose(path[0], a) and torch.allclose(path[-1], b, atol=1e-5)
+    assert torch.allclose(path[2], torch.tensor([3 / 2 ** 0.5, 3 / 2 ** 0.5]))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["   "], "prompt 0 is empty"),
+    (["x" * 79], "prompt 0 is 79 bytes; this CLIP reads at most 78"),
+    (["--prompts", "MISSING"], "no prompts file at"),
+    (["--variations", "MISSING.png"], "no image at"),
+    (["--variations", "NOT_AN_IMAGE"], "is not an image"),
+    ([], "give a prompt, --prompts FILE"),
+])
+def test_bad_unclip_input_is_one_line(cascade, tmp_path, argv, message, capsys):
+    (tmp_path / "notes.png").write_text("not a picture")
+    argv = [str(tmp_path / "nothing") if a.startswith("MISSING") else
+            str(tmp_path / "notes.png") if a == "NOT_AN_IMAGE" else a for a in argv]
+    with pytest.raises(SystemExit):
+        sample.main(argv + ["--models", str(cascade), "--out", str(tmp_path / "x.png")] + FAST)
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_retrained_clip_is_caught(cascade, tmp_path, capsys):
+    for name in ("prior.pt", "decoder.pt", "upsampler.pt"):
+        shutil.copy(cascade / name, tmp_path / name)
+    state = checkpoint.load_checkpoint(str(cascade / "clip.pt"))
+    state["model"] = {k: v + 0.01 for k, v in state["model"].items()}
+    checkpoint.save_checkpoint(str(tmp_path / "clip.pt"), state)
+    with pytest.raises(SystemExit):
+        sample.main(["a small red circle on the left", "--models", str(tmp_path)] + FAST)
+    assert "was trained with another CLIP" in capsys.readouterr().err

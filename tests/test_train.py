@@ -1,4 +1,5 @@
 """train.py: exact resume, atomic checkpoints, loads that explain, one-line errors."""
+import json
 import os
 import signal
 import subprocess
@@ -67,8 +68,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     real = train.compute_loss
 
-    def poisoned(stage, model, images, captions, labels):
-        loss, figures = real(stage, model, images, captions, labels)
+    def poisoned(*args):
+        loss, figures = real(*args)
         return (loss * float("nan") if torch.initial_seed() == train.step_seed(5, 4) else loss,
                 figures)
     monkeypatch.setattr(train, "compute_loss", poisoned)
@@ -134,3 +135,32 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     resumed = checkpoint.load_checkpoint(str(killed / "ae.pt"))["model"]
     straight = checkpoint.load_checkpoint(str(tmp_path / "straight" / "ae.pt"))["model"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_main_job_trains_the_cascade_and_scores_held_out_prompts(cascade):
+    for stage in ("clip", "prior", "decoder", "upsampler"):
+        state = checkpoint.load_checkpoint(str(cascade / f"{stage}.pt"), stage)
+        assert state["step"] == 2
+    clip_stamp = checkpoint.fingerprint(checkpoint.restore_model(
+        checkpoint.load_checkpoint(str(cascade / "clip.pt"))))
+    assert checkpoint.load_checkpoint(str(cascade / "decoder.pt"))["clip"] == clip_stamp
+    with open(cascade / "unclip_metrics.json") as f:
+        metrics = json.load(f)
+    assert {"exact_one_32px", "exact_two_32px", "exact_one_64px", "exact_two_64px"} <= set(metrics)
+    assert all(0 <= metrics[k] <= 1 for k in metrics if k.startswith("exact"))
+    shown = (cascade / "unclip_samples.txt").read_text().splitlines()
+    assert len(shown) == 16 and shown[0].startswith("row 1, column 1: a ")
+    assert os.path.exists(cascade / "unclip_samples.png")
+
+
+def test_clip_reading_stages_need_clip_first(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["prior", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "no checkpoint at" in err and "clip.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_main_job_rejects_a_setting_no_stage_has(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--out", "unused", "--latent_dim=4"])
+    assert "unknown setting 'latent_dim'" in capsys.readouterr().err
