@@ -534,7 +534,7 @@ class ByteTokenizer:
         self.vocab_size = 259
 
     def encode(self, text):
-        body = list(text.encode("utf-8"))
+        body = list(text.encode("utf-8", errors="replace"))  # a lone surrogate becomes "?"
         if len(body) > self.context_length - 2:
             warnings.warn(f"caption truncated to {self.context_length - 2} bytes: {text[:40]!r}...")
             body = body[: self.context_length - 2]

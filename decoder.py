@@ -59,7 +59,7 @@ class Decoder(nn.Module):
         return self.unet(x_t, t, embedding=z_i, context=self.context(z_i, tokens))
 
     def loss(self, x0, z_i, tokens):
-        """x0 (B, 3, R, R) in [-1, 1], z_i (B, E) normalised, tokens (B, L, W) -> (loss, figures)."""
+        """x0 (B, 3, R, R) in [-1, 1], z_i (B, E) normalised, tokens (B, L, W)."""
         z_i = drop_condition(z_i, self.cfg.p_drop_embedding)
         tokens = drop_condition(tokens, self.cfg.p_drop_caption)
         loss = self.diffusion.training_loss(lambda x, t: self(x, t, z_i, tokens), x0)

@@ -55,9 +55,10 @@ def check_prompts(prompts, context_length):
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
             raise ValueError(f"prompt {i} is empty: write what the image should show")
-        if len(prompt.encode("utf-8")) > limit:
-            raise ValueError(f"prompt {i} is {len(prompt.encode('utf-8'))} bytes; this CLIP reads "
-                             f"at most {limit}: shorten it")
+        size = len(prompt.encode("utf-8", errors="replace"))
+        if size > limit:
+            raise ValueError(f"prompt {i} is {size} bytes; this CLIP reads at most {limit}: "
+                             "shorten it")
     return prompts
 
 

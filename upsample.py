@@ -78,7 +78,8 @@ class Upsampler(nn.Module):
         sigma = lo + (hi - lo) * torch.rand(len(low), device=low.device)
         low = gaussian_blur(low, sigma)
         if self.cfg.degradation == "harsh":  # add noise, then quantise to 2^4 .. 2^8 levels
-            low = low + 0.1 * torch.rand(len(low), 1, 1, 1, device=low.device) * torch.randn_like(low)
+            std = 0.1 * torch.rand(len(low), 1, 1, 1, device=low.device)
+            low = low + std * torch.randn_like(low)
             levels = 2 ** torch.randint(4, 9, (len(low), 1, 1, 1), device=low.device) - 1
             low = torch.round((low.clamp(-1, 1) + 1) / 2 * levels) / levels * 2 - 1
         return low

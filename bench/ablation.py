@@ -1,14 +1,19 @@
 """unCLIP's conditioning ablation (the paper's Fig. 8) and its PCA reconstructions (Fig. 7).
 
+(Issue 5 calls the ablation "Fig. 7"; in the paper, arXiv 2204.06125, it is Fig. 8, and Fig. 7
+shows decoding PCA reconstructions of the image embedding. The paper's numbering is used here.)
+
     python bench/ablation.py --models out --out docs
 
-Fig. 8: one decoder, four ways to condition it on held-out prompts, all scored by data.py's
+Fig. 8: one decoder, several ways to condition it on held-out prompts, all scored by data.py's
 checker at the decoder's resolution (exact match on one- and two-object prompts apart):
   - caption only, the image embedding zeroed (a GLIDE-like model; the decoder saw this case in
     5% of its training steps: embedding dropped 10% times caption kept 50%);
   - caption and the CLIP text embedding passed as if it were an image embedding (no prior);
   - caption and an image embedding from the diffusion prior (full unCLIP);
-  - caption and an image embedding from the autoregressive prior (needs OUT/ar_prior.pt).
+  - caption and an image embedding from the autoregressive prior (needs OUT/ar_prior.pt);
+  - caption and the image embedding of the very scene the prompt was written for: what a
+    perfect prior would give, so the decoder's own ceiling.
 Every condition starts from the same decoder noise.
 
 Fig. 7: decode image embeddings rebuilt from their first k principal components (PCA of the
@@ -32,9 +37,13 @@ from clip import normalise_embedding  # noqa: E402
 
 
 def score(images, captions):
+    """Exact match on one- and two-object prompts, and every attribute's rate on the latter
+    (which part of a two-object prompt fails)."""
     summary = datasets.check_images(images.cpu(), captions)
     return {"exact_one": summary["one"]["exact"], "exact_two": summary["two"]["exact"],
-            "exact": summary["exact"]}
+            "exact": summary["exact"],
+            "two_object_attributes": {k: round(v, 3) for k, v in summary["two"].items()
+                                      if k not in ("exact", "n")}}
 
 
 def decode(decoder, z_i, tokens, args, seed=0):
@@ -44,10 +53,13 @@ def decode(decoder, z_i, tokens, args, seed=0):
 
 
 def conditioning_ablation(args, clip_model, prior, decoder, ar_prior):
-    prompts = [c[0] for objects in (1, 2) for c in datasets.shapes_data(
-        args.n, 32, seed=1, split="train", prefixes=False, objects=objects).captions]
+    scenes = [datasets.shapes_data(args.n, clip_model.cfg.resolution, seed=1, split="train",
+                                   prefixes=False, objects=objects) for objects in (1, 2)]
+    prompts = [c[0] for s in scenes for c in s.captions]
+    images = torch.cat([s.batch(torch.arange(args.n))[0] for s in scenes])
     with torch.no_grad():
         z_t, tokens = clip_model.encode_text(prompts, return_tokens=True)
+        z_image = normalise_embedding(clip_model.encode_image(images))
     z_t = normalise_embedding(z_t)
     torch.manual_seed(0)
     conditions = {"caption only (GLIDE-like)": torch.zeros_like(z_t),
@@ -55,13 +67,15 @@ def conditioning_ablation(args, clip_model, prior, decoder, ar_prior):
                   "caption + diffusion prior (unCLIP)": prior.sample(z_t, tokens)}
     if ar_prior is not None:
         conditions["caption + AR prior (unCLIP)"] = ar_prior.sample(z_t, tokens)
+    # A perfect prior: the embedding of the very scene the prompt describes.
+    conditions["caption + the scene's own image embedding (ceiling)"] = z_image
     results, rows = {}, []
     for name, z_i in conditions.items():
         tic = time.time()
-        images = decode(decoder, z_i, tokens, args)
-        results[name] = dict(score(images, prompts), seconds=round(time.time() - tic, 1))
+        decoded = decode(decoder, z_i, tokens, args)
+        results[name] = dict(score(decoded, prompts), seconds=round(time.time() - tic, 1))
         print(name, results[name])
-        rows.append(torch.cat([images[:6], images[args.n:args.n + 6]]))
+        rows.append(torch.cat([decoded[:6], decoded[args.n:args.n + 6]]))
     datasets.save_grid(torch.cat(rows).cpu(), os.path.join(args.out, "ablation.png"), nrow=12,
                        scale=3)
     return results, prompts[:6] + prompts[args.n:args.n + 6]
@@ -118,6 +132,13 @@ def main():
              "| --- | --- | --- |"]
     lines += [f"| {name} | {r['exact_one']:.2f} | {r['exact_two']:.2f} |"
               for name, r in ablation.items()]
+    attributes = list(next(iter(ablation.values()))["two_object_attributes"])
+    lines += ["", "Two-object prompts, share right per attribute:", "",
+              "| decoder conditioned on | " + " | ".join(attributes) + " |",
+              "| --- |" + " --- |" * len(attributes)]
+    lines += [f"| {name} | " + " | ".join(f"{r['two_object_attributes'][a]:.2f}"
+                                          for a in attributes) + " |"
+              for name, r in ablation.items()]
     lines += ["", "| PCA dimensions kept | exact, one object | exact, two objects |",
               "| --- | --- | --- |"]
     lines += [f"| {k} | {r['exact_one']:.2f} | {r['exact_two']:.2f} |" for k, r in pca.items()]
@@ -127,4 +148,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a missing or wrong checkpoint: one line
+        sys.exit(f"error: {e}")

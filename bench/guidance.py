@@ -125,4 +125,7 @@ def plot(results, path):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a missing or wrong checkpoint: one line
+        sys.exit(f"error: {e}")

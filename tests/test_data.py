@@ -251,3 +251,43 @@ def test_tokenizer_truncates_with_warning():
     with pytest.warns(UserWarning, match="truncated"):
         tokens = tok(["a large purple triangle"])
     assert tokens[0, -1] == tok.eot and tok.decode(tokens[0]) == "a large "
+
+
+def _random_text(rng, max_len=120):
+    """Any code points, lone surrogates included (what pasting from anywhere can produce)."""
+    return "".join(chr(rng.randint(1, 0x10FFFF)) if rng.random() < 0.3 else
+                   chr(rng.randint(32, 126)) for _ in range(rng.randint(0, max_len)))
+
+
+def test_tokenizer_fuzz_never_raises_and_keeps_its_shape():
+    import random
+    import warnings
+    rng = random.Random(0)
+    tok = ByteTokenizer(context_length=40)
+    texts = [_random_text(rng) for _ in range(500)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the documented truncation warning
+        tokens = tok(texts)
+    assert tokens.shape == (500, 40) and tokens.min() >= 0 and tokens.max() < tok.vocab_size
+    assert ((tokens == tok.eot).sum(1) == 1).all()      # one end token, always kept
+    for t, row in zip(texts, tokens):
+        if len(t.encode("utf-8", errors="replace")) <= 38:
+            assert tok.decode(row) == t.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def test_checker_fuzz_only_raises_its_documented_error():
+    import random
+    rng = random.Random(1)
+    g = torch.Generator().manual_seed(1)
+    captions = [c[0] for c in data.shapes_data(50, 32, seed=2, prefixes=False).captions]
+    for i in range(50):
+        image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g)
+        if i % 2:  # flat blocks of random colours, which look more like objects
+            image = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
+            image = image.repeat_interleave(8, 1).repeat_interleave(8, 2)
+        result = data.check_image(image, captions[i])
+        assert all(isinstance(v, bool) for v in result.values())
+        try:
+            data.check_image(image, _random_text(rng, 60))
+        except ValueError as e:
+            assert "not a shapes caption" in str(e)

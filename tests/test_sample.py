@@ -49,6 +49,7 @@ def test_bad_arguments_are_one_line(checkpoints, extra, message, capsys):
         sample.main(["ddpm", "--ckpt", str(checkpoints / "ddpm.pt"), "--n", "1"] + extra)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
 
 
 def test_wrong_stage_checkpoint_is_refused(checkpoints, capsys):
@@ -114,7 +115,7 @@ def test_bad_unclip_input_is_one_line(cascade, tmp_path, argv, message, capsys):
     with pytest.raises(SystemExit):
         sample.main(argv + ["--models", str(cascade), "--out", str(tmp_path / "x.png")] + FAST)
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_a_retrained_clip_is_caught(cascade, tmp_path, capsys):
@@ -126,3 +127,47 @@ def test_a_retrained_clip_is_caught(cascade, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample.main(["a small red circle on the left", "--models", str(tmp_path)] + FAST)
     assert "was trained with another CLIP" in capsys.readouterr().err
+
+
+def test_sampling_is_reproducible_for_a_seed(cascade, tmp_path):
+    def draw(name, seed):
+        out = str(tmp_path / f"{name}.png")
+        sample.main(["a large green circle in the center", "--models", str(cascade), "--n", "2",
+                     "--seed", str(seed), "--out", out] + FAST)
+        return open(out, "rb").read()
+    assert draw("a", 7) == draw("b", 7)
+    assert draw("a", 7) != draw("c", 8)
+
+
+def _break_by_truncating(state, path):
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[: len(blob) // 3])
+
+
+def _break_by_format(state, path):
+    checkpoint.save_checkpoint(path, dict(state, format="unclip-from-scratch/0"))
+
+
+def _break_by_config(state, path):
+    checkpoint.save_checkpoint(path, dict(state, config=dict(state["config"], channels=16)))
+
+
+def _break_by_stage(state, path):
+    shutil.copy(os.path.join(os.path.dirname(path), "prior.pt"), path)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_break_by_truncating, "is truncated or not a checkpoint of this project"),
+    (_break_by_format, "is not a unclip-from-scratch/1 checkpoint"),
+    (_break_by_config, "checkpoint weights do not match its config"),
+    (_break_by_stage, "holds a 'prior' model, not 'decoder'"),
+])
+def test_damaged_checkpoints_are_one_line(cascade, tmp_path, damage, message, capsys):
+    for name in ("clip.pt", "prior.pt", "decoder.pt", "upsampler.pt"):
+        shutil.copy(cascade / name, tmp_path / name)
+    path = str(tmp_path / "decoder.pt")
+    damage(checkpoint.load_checkpoint(path), path)
+    with pytest.raises(SystemExit):
+        sample.main(["a small red circle on the left", "--models", str(tmp_path)] + FAST)
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -46,6 +46,27 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["x.pt"]  # no temporary file left behind
 
 
+def test_read_only_output_folder_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch,
+                                                                     capsys):
+    args = ["ae", "--out", str(tmp_path), "--steps", "2", "--resolution", "16", "--batch-size",
+            "4", "--n_train=16", "--channels=8", "--quiet"]
+    train.main(args)
+    before = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["model"]
+
+    def read_only(path, mode="r", *rest, **kwargs):  # what a read-only folder does (as root,
+        if "w" in mode:                                # chmod cannot show it)
+            raise PermissionError(13, "Permission denied", path)
+        return open(path, mode, *rest, **kwargs)
+    monkeypatch.setattr(checkpoint, "open", read_only, raising=False)
+    with pytest.raises(SystemExit):
+        train.main(args + ["--seed", "1"])
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "Permission denied" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    after = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_bad_checkpoints_fail_clearly(tmp_path):
     _run("ae", tmp_path, steps=3)
     path = str(tmp_path / "ae.pt")
@@ -78,6 +99,22 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
         _run("ae", tmp_path, steps=6)
 
 
+def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch):
+    real, seen = train.compute_loss, []
+
+    def poisoned(*args):
+        loss, figures = real(*args)
+        seen.append(1)
+        return (loss * float("nan") if len(seen) == 3 else loss), figures
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    run = dict(train.RUN_DEFAULTS, **TINY, steps=6, on_nonfinite="skip")
+    train.train("ae", run, dict(channels=8, latent_dim=4, resolution=16), str(tmp_path), seed=5,
+                device="cpu", quiet=True)
+    state = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))
+    assert state["step"] == 6 and len(seen) == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
 @pytest.mark.parametrize("argv,message", [
     (["gan"], "unknown stage 'gan'"),
     (["ae", "--preset", "tpu"], "unknown preset 'tpu'"),
@@ -86,6 +123,10 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     (["ae", "--resolution", "24", "--steps", "1"], "must be a power of two >= 8, got 24"),
     (["ae", "--data", "cifar10:/nowhere", "--steps", "1"], "/nowhere: no such file or folder"),
     (["ae", "--resume", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/ae.pt"),
+    (["upsampler", "--low_resolution=64", "--steps", "1"], "resolution 64 must exceed"),
+    (["upsampler", "--degradation=jpeg", "--steps", "1"], "degradation must be 'blur' or"),
+    (["clip", "--patch_size=5", "--steps", "1"], "patch_size 5 must divide resolution 32"),
+    (["ar_prior", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/clip.pt"),
 ])
 def test_command_line_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -137,6 +178,37 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
+def test_run_killed_mid_checkpoint_write_keeps_the_previous_one_and_resumes_exactly(tmp_path):
+    """A real process is killed (SIGKILL) halfway through writing its second checkpoint: the
+    first stays whole, and --resume from it ends with the weights of an uninterrupted run."""
+    args = ["ae", "--steps", "40", "--resolution", "16", "--batch-size", "4", "--n_train=32",
+            "--channels=8", "--checkpoint_every=20", "--quiet"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dies_while_saving = (
+        "import os, signal, sys, torch, train\n"
+        "real_save, calls = torch.save, []\n"
+        "def save(obj, f):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        f.write(b'half a checkpoint')\n"
+        "        f.flush()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real_save(obj, f)\n"
+        "torch.save = save\n"
+        "train.main(sys.argv[1:])\n")
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", dies_while_saving, *args, "--out", str(killed)],
+                          cwd=root)
+    assert proc.returncode == -signal.SIGKILL
+    assert (killed / "ae.pt.tmp").exists()                      # the write it died in
+    assert checkpoint.load_checkpoint(str(killed / "ae.pt"))["step"] == 20
+    train.main(args + ["--out", str(killed), "--resume"])
+    train.main(args + ["--out", str(tmp_path / "straight")])
+    resumed = checkpoint.load_checkpoint(str(killed / "ae.pt"))["model"]
+    straight = checkpoint.load_checkpoint(str(tmp_path / "straight" / "ae.pt"))["model"]
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
 def test_main_job_trains_the_cascade_and_scores_held_out_prompts(cascade):
     for stage in ("clip", "prior", "decoder", "upsampler"):
         state = checkpoint.load_checkpoint(str(cascade / f"{stage}.pt"), stage)
@@ -164,3 +236,9 @@ def test_main_job_rejects_a_setting_no_stage_has(capsys):
     with pytest.raises(SystemExit):
         train.main(["--out", "unused", "--latent_dim=4"])
     assert "unknown setting 'latent_dim'" in capsys.readouterr().err
+
+
+def test_training_is_reproducible_for_a_seed_on_cpu(tmp_path):
+    first, second = _run("vae", tmp_path / "a", steps=4), _run("vae", tmp_path / "b", steps=4)
+    for (name, p), q in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(p, q), name

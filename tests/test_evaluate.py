@@ -1,0 +1,35 @@
+"""evaluate.py: the Frechet distance against its closed forms."""
+import torch
+
+from evaluate import feature_statistics, frechet_distance
+
+
+def test_identical_feature_sets_are_at_distance_zero():
+    features = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    stats = feature_statistics(features)
+    assert abs(frechet_distance(*stats, *stats)) < 1e-8
+
+
+def test_gaussians_with_diagonal_covariances_match_the_closed_form():
+    # With S_1 = diag(a), S_2 = diag(b): Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)) = sum (sqrt a - sqrt b)^2
+    mu_1, mu_2 = torch.tensor([0.0, 1.0, 2.0]).double(), torch.tensor([1.0, 1.0, -1.0]).double()
+    a, b = torch.tensor([1.0, 4.0, 0.25]).double(), torch.tensor([9.0, 1.0, 0.25]).double()
+    expected = (mu_1 - mu_2).pow(2).sum() + (a.sqrt() - b.sqrt()).pow(2).sum()   # 10 + 5
+    assert abs(frechet_distance(mu_1, torch.diag(a), mu_2, torch.diag(b)) - expected) < 1e-9
+
+
+def test_rotated_covariances_and_sampled_features():
+    # Rotating both Gaussians by one orthogonal matrix leaves the distance unchanged, and the
+    # statistics of many samples give the distance of the Gaussians they were drawn from.
+    g = torch.Generator().manual_seed(1)
+    q = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]
+    a, b = torch.tensor([1.0, 2.0, 3.0, 4.0]).double(), torch.tensor([2.0, 2.0, 1.0, 0.5]).double()
+    mu_1, mu_2 = torch.zeros(4).double(), torch.ones(4).double()
+    exact = frechet_distance(mu_1, torch.diag(a), mu_2, torch.diag(b))
+    rotated = frechet_distance(q @ mu_1, q @ torch.diag(a) @ q.T, q @ mu_2, q @ torch.diag(b) @ q.T)
+    assert abs(rotated - exact) < 1e-9
+    n = 200000
+    x = (torch.randn(n, 4, generator=g, dtype=torch.float64) * a.sqrt() + mu_1) @ q.T
+    y = (torch.randn(n, 4, generator=g, dtype=torch.float64) * b.sqrt() + mu_2) @ q.T
+    sampled = frechet_distance(*feature_statistics(x), *feature_statistics(y))
+    assert abs(sampled - exact) < 0.05 * exact
