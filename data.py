@@ -509,6 +509,7 @@ def load_data(spec, resolution=32, n=20000, seed=0, split="train"):
 def save_grid(images, path, nrow=8, scale=1):
     """Write images (B, 3, H, W) in [-1, 1] as one PNG grid, nrow images per row."""
     b, _, h, w = images.shape
+    nrow = min(nrow, b)
     rows = -(-b // nrow)
     pad = torch.ones(rows * nrow - b, 3, h, w, device=images.device)
     x = torch.cat([images.detach().float().clamp(-1, 1), pad])
