@@ -156,6 +156,15 @@ def test_eval_flag_reports_a_trained_checkpoint_without_training(tmp_path, capsy
     assert checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["step"] == step
 
 
+def _assert_resume_matches_a_straight_run(args, killed, straight):
+    """--resume the killed run's folder; it must end with the weights of an uninterrupted run."""
+    train.main(args + ["--out", str(killed), "--resume"])
+    train.main(args + ["--out", str(straight)])
+    resumed = checkpoint.load_checkpoint(str(killed / "ae.pt"))["model"]
+    reference = checkpoint.load_checkpoint(str(straight / "ae.pt"))["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
 def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     """SIGKILL a real training process after its first checkpoint; --resume must then end with
     exactly the weights of an uninterrupted run."""
@@ -171,11 +180,7 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     proc.wait()
     step = checkpoint.load_checkpoint(str(killed / "ae.pt"))["step"]  # whole, not truncated
     assert 0 < step < 600, step
-    train.main(args + ["--out", str(killed), "--resume"])
-    train.main(args + ["--out", str(tmp_path / "straight")])
-    resumed = checkpoint.load_checkpoint(str(killed / "ae.pt"))["model"]
-    straight = checkpoint.load_checkpoint(str(tmp_path / "straight" / "ae.pt"))["model"]
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    _assert_resume_matches_a_straight_run(args, killed, tmp_path / "straight")
 
 
 def test_run_killed_mid_checkpoint_write_keeps_the_previous_one_and_resumes_exactly(tmp_path):
@@ -202,11 +207,7 @@ def test_run_killed_mid_checkpoint_write_keeps_the_previous_one_and_resumes_exac
     assert proc.returncode == -signal.SIGKILL
     assert (killed / "ae.pt.tmp").exists()                      # the write it died in
     assert checkpoint.load_checkpoint(str(killed / "ae.pt"))["step"] == 20
-    train.main(args + ["--out", str(killed), "--resume"])
-    train.main(args + ["--out", str(tmp_path / "straight")])
-    resumed = checkpoint.load_checkpoint(str(killed / "ae.pt"))["model"]
-    straight = checkpoint.load_checkpoint(str(tmp_path / "straight" / "ae.pt"))["model"]
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    _assert_resume_matches_a_straight_run(args, killed, tmp_path / "straight")
 
 
 def test_main_job_trains_the_cascade_and_scores_held_out_prompts(cascade):
