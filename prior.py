@@ -25,8 +25,8 @@ samples with a high one; that refinement is left out here.)
 Both work on embeddings normalised by clip.normalise_embedding: unit length times sqrt(D), so the
 coordinates have about unit variance, the scale of the diffusion's noise.
 
-Defines: PriorConfig, DiffusionPrior (loss, sample), select_candidates, ARPriorConfig, ARPrior
-(fit_codebook, encode, decode, loss, sample).
+Defines: PrefixEncoder, drop_text, PriorConfig, DiffusionPrior (loss, sample),
+select_candidates, ARPriorConfig, ARPrior (fit_codebook, encode, decode, loss, sample).
 Run `python prior.py` to fit both priors to a toy caption -> embedding task in a minute.
 """
 import math
@@ -52,6 +52,13 @@ class PrefixEncoder(nn.Module):
 
     def forward(self, tokens, z_t):
         return torch.cat([self.token_proj(tokens), self.text_proj(z_t)[:, None]], dim=1)
+
+
+def drop_text(tokens, z_t, p_uncond):
+    """Zero the caption's tokens (B, L, W) and z_t (B, D) together, for the same rows, with
+    probability p_uncond: classifier-free guidance's null text condition."""
+    keep = drop_condition(torch.ones(len(z_t), device=z_t.device), p_uncond)
+    return tokens * keep[:, None, None], z_t * keep[:, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,8 +104,7 @@ class DiffusionPrior(nn.Module):
 
     def loss(self, z_i, z_t, tokens):
         """All embeddings normalised (clip.normalise_embedding). -> (loss, figures)."""
-        keep = drop_condition(torch.ones(len(z_i), device=z_i.device), self.cfg.p_uncond)
-        tokens, z_t = tokens * keep[:, None, None], z_t * keep[:, None]
+        tokens, z_t = drop_text(tokens, z_t, self.cfg.p_uncond)
         loss = self.diffusion.training_loss(lambda x, t: self(x, t, tokens, z_t), z_i)
         return loss, {"mse": loss.item()}
 
@@ -199,8 +205,7 @@ class ARPrior(nn.Module):
         return self.head(self.ln_final(x[:, -(codes.shape[1] + 1):]))
 
     def loss(self, z_i, z_t, tokens):
-        keep = drop_condition(torch.ones(len(z_i), device=z_i.device), self.cfg.p_uncond)
-        tokens, z_t = tokens * keep[:, None, None], z_t * keep[:, None]
+        tokens, z_t = drop_text(tokens, z_t, self.cfg.p_uncond)
         codes = self.encode(z_i)                                          # (B, k)
         logits = self.logits(codes[:, :-1], tokens, z_t)                  # (B, k, buckets)
         loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())

@@ -189,8 +189,11 @@ def compute_loss(stage, model, images, captions, labels, clip_features=None):
     return model.loss(images)
 
 
-def fit_ar_codebook(model, clip_model, data, n=10000):
-    """The AR prior's PCA and buckets, from the image embeddings of (up to) n training images."""
+def fit_ar_codebook(model, clip_model, data, clip_cache=None, n=10000):
+    """The AR prior's PCA and buckets, from the image embeddings of (up to) n training images
+    (taken from the cache of CLIP's features when there is one)."""
+    if clip_cache is not None:
+        return model.fit_codebook(clip_cache[0][:n].to(model.pca_mean.device))
     index = torch.arange(min(n, len(data)))
     z_i = torch.cat([clip_embeddings(clip_model, *data.batch(i)[:2])[0] for i in index.split(500)])
     return model.fit_codebook(z_i)
@@ -219,7 +222,7 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
     if clip_model is not None and all(len(c) == 1 for c in data.captions):
         clip_cache = cache_clip_embeddings(clip_model, data)
     if stage == "ar_prior" and not resume:
-        variance = fit_ar_codebook(model, clip_model, data)
+        variance = fit_ar_codebook(model, clip_model, data, clip_cache)
         if not quiet:
             print(f"ar_prior: {model.cfg.pca_dim} principal components keep {variance:.1%} of the "
                   "image embeddings' variance")
