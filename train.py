@@ -30,6 +30,7 @@ from checkpoint import (FORMAT, STAGES, CheckpointError, build_model, fingerprin
                         load_unclip, model_class, pick_device, restore_model, save_checkpoint)
 from clip import normalise_embedding, retrieval, shapes_zero_shot
 from diffusion import EMA
+from evaluate import clip_features, feature_statistics, frechet_distance
 from upsample import unclip_sample
 
 # Run defaults, the CPU preset on shapes. STAGE_DEFAULTS and PRESETS override them by name.
@@ -46,6 +47,8 @@ RUN_DEFAULTS = dict(
     ema_decay=0.0,         # 0: no EMA of the weights
     checkpoint_every=500,
     on_nonfinite="stop",   # "stop" or "skip" a step whose loss is NaN or infinite
+    precision="auto",      # auto: bf16 autocast on a GPU, float32 elsewhere; or "bf16", "fp32"
+    compile=False,         # torch.compile the loss (a GPU's speed-up; minutes of compiling)
 )
 # The diffusion stages' CPU defaults: one-object scenes (so "the requested shape" is unambiguous)
 # and a 1.1M-parameter U-Net, about 0.4 s a step on 2 cores. The DDPM predicts v: with eps, a
@@ -74,14 +77,41 @@ STAGE_DEFAULTS = {
 }
 CLIP_STAGES = ("prior", "ar_prior", "decoder")
 UNCLIP_STAGES = ("clip", "prior", "decoder", "upsampler")  # what the main job trains, in order
-# Presets: overrides of run defaults and model fields alike (a key a stage lacks is ignored).
-# The GPU presets' data paths are defaults: --data points elsewhere. Their timings are issue 7's.
+# Presets: overrides of run defaults and model fields, for every stage ("all") and per stage
+# (a key a stage lacks is ignored). `python train.py --preset gpu-cifar10` is unCLIP on CIFAR-10
+# (captions from the class names, 32 px, upsampled to 64: CIFAR-10 is 32 px, so its 64 px
+# targets are resized and the upsampler can learn no more than a clean enlargement);
+# `python train.py ddpm --preset gpu-cifar10` is the class-conditional DDPM; `--preset gpu-coco`
+# is unCLIP on COCO-mini, 64 px upsampled to 128. The data paths are defaults: --data points
+# elsewhere. Steps are sized by counted FLOPs to 0.8-0.9 hours of one GPU per workload at an
+# assumed 100 TFLOP/s (`python bench/throughput.py --presets` prints the estimates).
+GPU_UNET = dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                attention_resolutions=(16, 8), dropout=0.1)
+GPU_UPSAMPLER = dict(channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=2, lr=2e-4,
+                     ema_decay=0.9999, batch_size=64, warmup=1000)
+GPU_DIFFUSION = dict(lr=2e-4, ema_decay=0.9999, warmup=1000, batch_size=128)
+GPU_CLIP = dict(batch_size=512, lr=5e-4, weight_decay=0.2, warmup=1000, embed_dim=256,
+                text_width=256, text_layers=6, text_heads=8, vision_width=256, vision_layers=6,
+                vision_heads=8)
+GPU_PRIOR = dict(GPU_DIFFUSION, batch_size=256, width=512, layers=8, heads=8)
 PRESETS = {
     "cpu": {},
-    "gpu-cifar10": dict(data="cifar10:data/cifar-10-python.tar.gz", resolution=32, batch_size=128,
-                        steps=50000, channels=128, num_res_blocks=2, ema_decay=0.9999, lr=2e-4),
-    "gpu-coco": dict(data="coco:data/coco", resolution=64, batch_size=64, steps=100000,
-                     n_train=50000, channels=128, num_res_blocks=2, ema_decay=0.9999, lr=2e-4),
+    "gpu-cifar10": {
+        "all": dict(data="cifar10:data/cifar-10-python.tar.gz", resolution=32,
+                    checkpoint_every=5000),
+        "ddpm": dict(GPU_DIFFUSION, steps=60000, **GPU_UNET),
+        "clip": dict(GPU_CLIP, steps=10000),
+        "prior": dict(GPU_PRIOR, steps=20000),
+        "decoder": dict(GPU_DIFFUSION, steps=40000, **GPU_UNET),
+        "upsampler": dict(GPU_UPSAMPLER, resolution=64, low_resolution=32, steps=15000),
+    },
+    "gpu-coco": {
+        "all": dict(data="coco:data/coco", resolution=64, n_train=50000, checkpoint_every=5000),
+        "clip": dict(GPU_CLIP, steps=10000, context_length=128, resolution=64, patch_size=8),
+        "prior": dict(GPU_PRIOR, steps=20000),
+        "decoder": dict(GPU_DIFFUSION, steps=20000, batch_size=64, **GPU_UNET),
+        "upsampler": dict(GPU_UPSAMPLER, resolution=128, low_resolution=64, steps=10000),
+    },
 }
 MAIN_JOB = "unclip"  # `python train.py`: the UNCLIP_STAGES, then text to image on held-out prompts
 
@@ -105,7 +135,8 @@ def resolve_settings(stage, args, overrides, ignore_unknown=False):
     run, config = dict(RUN_DEFAULTS), {}
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}: choose from {', '.join(PRESETS)}")
-    settings = dict(STAGE_DEFAULTS[stage], **PRESETS[args.preset])
+    preset = PRESETS[args.preset]
+    settings = {**STAGE_DEFAULTS[stage], **preset.get("all", {}), **preset.get(stage, {})}
     settings.update({k: v for k, v in vars(args).items()
                      if k in RUN_DEFAULTS and v is not None})
     for item in overrides:
@@ -127,6 +158,18 @@ def resolve_settings(stage, args, overrides, ignore_unknown=False):
         if key in fields:
             config[key] = value
     if "resolution" in fields:
+        config["resolution"] = run["resolution"]
+    return run, config
+
+
+def stage_settings(stage, preset="cpu", **overrides):
+    """(run, config) for a stage as the command line builds them, with keyword overrides: for
+    notebooks and scripts, `train(stage, *stage_settings(stage, steps=100), out)`."""
+    args = argparse.Namespace(preset=preset, **{k: None for k in RUN_DEFAULTS})
+    run, config = resolve_settings(stage, args, [])
+    for key, value in overrides.items():
+        (run if key in run else config)[key] = value
+    if "resolution" in config:
         config["resolution"] = run["resolution"]
     return run, config
 
@@ -199,8 +242,31 @@ def fit_ar_codebook(model, clip_model, data, clip_cache=None, n=10000):
     return model.fit_codebook(z_i)
 
 
-def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=False):
-    """Train one stage; returns (model, ema model or None, the training data)."""
+def gpu_options(device, run):
+    """What the GPU path switches on; on a CPU all of it stays off, so CPU results are unchanged.
+    bf16 autocast (tensor cores; "bf16" also on a CPU, which is how the tests reach this branch),
+    channels-last weights and images (what cuDNN's fastest convolutions want), fused AdamW (one
+    kernel for all parameters), and the uint8 data set moved to the GPU once (no loader workers
+    and no host-to-device copy per step) when it takes under a quarter of the free memory, else
+    each batch pinned and copied asynchronously."""
+    cuda = device.type == "cuda"
+    return dict(autocast=run["precision"] == "bf16" or (run["precision"] == "auto" and cuda),
+                channels_last=cuda, fused_adamw=cuda, data_on_device=cuda)
+
+
+def data_to_device(data, clip_cache, device):
+    """The whole data set (and CLIP's cached features) on the GPU, if it fits in a quarter of
+    the free memory; otherwise left where it is."""
+    size = data.images.numel() + sum(f.numel() * f.element_size() for f in clip_cache or ())
+    if size < torch.cuda.mem_get_info(device)[0] / 4:
+        data.images = data.images.to(device)
+        return [f.to(device) for f in clip_cache] if clip_cache is not None else None
+    return clip_cache
+
+
+def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=False, log=None):
+    """Train one stage; returns (model, ema model or None, the training data). log: a list to
+    append each step's figures to (the loss and what the model reports), for plotting."""
     device = pick_device(device)
     path = os.path.join(out, f"{stage}.pt")
     if resume:
@@ -226,8 +292,15 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
         if not quiet:
             print(f"ar_prior: {model.cfg.pca_dim} principal components keep {variance:.1%} of the "
                   "image embeddings' variance")
+    options = gpu_options(device, run)
+    if options["data_on_device"]:
+        clip_cache = data_to_device(data, clip_cache, device)
+    memory_format = torch.channels_last if options["channels_last"] else torch.contiguous_format
+    if options["channels_last"]:
+        model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run["lr"],
-                                  weight_decay=run["weight_decay"])
+                                  weight_decay=run["weight_decay"],
+                                  fused=True if options["fused_adamw"] else None)
     ema = EMA(model, run["ema_decay"]) if run["ema_decay"] > 0 else None
     start = 0
     if resume:
@@ -244,7 +317,8 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         start = state["step"]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options["autocast"])
+    loss_function = torch.compile(compute_loss) if run["compile"] else compute_loss
 
     def checkpoint(step):
         save_checkpoint(path, dict(
@@ -261,17 +335,20 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
         torch.manual_seed(step_seed(seed, step))  # all of this step's randomness
         index = torch.randint(len(data), (run["batch_size"],))
         images, captions, labels = data.batch(index)
-        images = images.to(device)
+        if device.type == "cuda" and not images.is_cuda:
+            images = images.pin_memory()  # a data set too big for the GPU: copy asynchronously
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device) if labels is not None else None
         for group in optimizer.param_groups:
             group["lr"] = run["lr"] * min(1.0, (step + 1) / run["warmup"])
         clip_features = None
         if clip_cache is not None:
-            clip_features = [f[index].to(device).float() for f in clip_cache]
+            clip_features = [f[index.to(f.device)].to(device).float() for f in clip_cache]
         elif clip_model is not None:
             clip_features = clip_embeddings(clip_model, images, captions)
         with autocast:
-            loss, figures = compute_loss(stage, model, images, captions, labels, clip_features)
+            loss, figures = loss_function(stage, model, images, captions, labels,
+                                          clip_features)
         if not torch.isfinite(loss):
             if run["on_nonfinite"] == "skip":
                 continue
@@ -285,6 +362,8 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
         optimizer.step()
         if ema is not None:
             ema.update(model, step)
+        if log is not None:
+            log.append(dict(figures, step=step, loss=loss.item()))
         if (step + 1) % 10 == 0:
             rate = 10 * run["batch_size"] / (time.time() - tic)
             bar.set_postfix_str(f"loss {loss.item():.4f} {rate:.0f} img/s", refresh=False)
@@ -345,7 +424,13 @@ def evaluate(stage, model, train_data, test_data, device, out):
 
 
 def exact_match(images, captions):
-    """The checker's exact-match rates on one-object and two-object prompts, and overall."""
+    """The checker's exact-match rates on one-object and two-object prompts, and overall; none
+    for captions it cannot read (data other than shapes)."""
+    try:
+        for caption in captions:
+            datasets.parse_caption(caption)
+    except ValueError:
+        return {}
     summary = datasets.check_images(images.cpu(), captions)
     return {f"exact_{group}": summary[group]["exact"] for group in ("one", "two")
             if group in summary} | {"exact": summary["exact"]}
@@ -400,16 +485,28 @@ def held_out_prompts(n, seed=1, split="train"):
 
 def evaluate_unclip(out, device, n=48):
     """Text to image on held-out prompts through the whole cascade: exact match at every
-    resolution, a grid of samples and the prompts it shows."""
+    resolution (on shapes; on other data, CLIP-FID against as many held-out images), a grid of
+    samples and the prompts it shows."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
-    prompts = held_out_prompts(n)
+    data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
+    if data.startswith("shapes"):
+        prompts = held_out_prompts(n)
+    else:  # the first caption of 2n held-out images
+        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, 1, "test")
+        prompts = [c[0] for c in test.captions[:2 * n]]
     torch.manual_seed(0)
     stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts)
     figures = {}
     for images in stages:
         res = images.shape[-1]
         figures.update({f"{k}_{res}px": v for k, v in exact_match(images, prompts).items()})
-    shown = list(range(8)) + list(range(n, n + 8))
+        if not data.startswith("shapes"):
+            real = datasets.load_data(data, res, 2 * n, 1, "test").images[:2 * n] / 127.5 - 1
+            figures[f"clip_fid_{res}px"] = frechet_distance(
+                *feature_statistics(clip_features(clip_model, real)),
+                *feature_statistics(clip_features(clip_model, images)))
+    shown = (list(range(8)) + list(range(n, n + 8)) if data.startswith("shapes")  # one, two
+             else list(range(min(16, len(prompts)))))
     datasets.save_grid(stages[-1][shown].cpu(), os.path.join(out, "unclip_samples.png"),
                        nrow=8, scale=2)
     with open(os.path.join(out, "unclip_samples.txt"), "w") as f:

@@ -1,24 +1,39 @@
-"""Our U-Net against diffusers' UNet2DModel at matched parameter counts, at 32 px.
+"""Throughput: our U-Net against diffusers' UNet2DModel, the CPU preset per stage, GPU estimates.
 
     python bench/throughput.py                   # CPU; --device cuda on a GPU
     python bench/throughput.py --sizes 2M --steps 3
+    python bench/throughput.py --presets         # the GPU presets' FLOPs and expected time
 
 Reports, side by side: parameters, training images/s (forward, backward and AdamW step on
 batches of noised images with the simple loss), sampling milliseconds per step (one forward
-pass on a batch), and peak GPU memory where there is a GPU. diffusers is an optional,
-bench-only dependency (`pip install diffusers`; it does not pull in torch); without it only our
-figures are printed. Both models are timed the same way: warm-up steps first, then the mean.
+pass on a batch), and peak memory (the GPU's allocator peak; on a CPU, the peak resident memory
+of the process, which runs each measurement alone). diffusers is an optional, bench-only
+dependency (`pip install diffusers==0.35.1`; it does not pull in torch); without it only our
+figures are printed. Both models are timed the same way: warm-up steps first, then the mean; on
+a GPU both run in bf16 autocast with channels-last weights and fused AdamW, as train.py trains.
+Then the CPU preset's wall time per stage, as `python train.py` recorded it in MODELS/*.json.
+
+--presets counts the training FLOPs of one image for every stage of every GPU preset (torch's
+FlopCounterMode on the CPU: matrix products and convolutions, forward and backward) and turns
+steps x batch x FLOPs into hours at an assumed sustained 100 TFLOP/s: an estimate until measured.
 """
 import argparse
 import importlib.util
+import json
+import multiprocessing
 import os
+import resource
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train  # noqa: E402
+from checkpoint import build_model  # noqa: E402
+from clip import CLIPConfig  # noqa: E402
 from diffusion import UNet, UNetConfig  # noqa: E402
 
 def matched_configs(channels):
@@ -47,13 +62,16 @@ def reference(config):
     return net, lambda x, t: net(x, t).sample
 
 
-def measure(build, config, device, batch, steps, warmup=2):
+def measure(name, size, device, batch, steps, warmup=2):
+    """Run in a process of its own, so that its peak memory is its own."""
     torch.manual_seed(0)
-    net, forward = build(config)
-    net.to(device)
+    net, forward = ours(SIZES[size][0]) if name == "ours" else reference(SIZES[size][1])
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    net.to(device, memory_format=memory_format)
     params = sum(p.numel() for p in net.parameters())
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, 32, 32, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4,
+                            fused=True if device.type == "cuda" else None)  # as train.py
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     t = torch.randint(0, 1000, (batch,), device=device)
 
     def sync():
@@ -82,8 +100,53 @@ def measure(build, config, device, batch, steps, warmup=2):
             forward(x, t)
         sync()
     sample_ms = 1000 * (time.perf_counter() - tic) / steps
-    memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else None
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
     return params, train_ips, sample_ms, memory
+
+
+def cpu_preset_times(models):
+    """Per-stage wall time of the main job, from the metrics `python train.py` wrote."""
+    rows = []
+    for stage in ("clip", "prior", "decoder", "upsampler", "unclip"):
+        path = os.path.join(models, f"{stage}_metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                figures = json.load(f)
+            rows.append((stage, figures.get("train_seconds"), figures["total_seconds"]))
+    return rows
+
+
+def preset_estimates(preset, flops_per_second=100e12):
+    """(stage, parameters, training GFLOPs per image, batch, steps, estimated hours) per stage of a
+    GPU preset, its models built as train.py builds them and one batch of two random images."""
+    clip_cfg = CLIPConfig(**train.stage_settings("clip", preset)[1])
+    rows = []
+    for stage in train.PRESETS[preset]:
+        if stage == "all":
+            continue
+        run, config = train.stage_settings(stage, preset)
+        if stage in train.CLIP_STAGES:
+            config.update(train.clip_fields(stage, clip_cfg))
+        if stage == "ddpm":
+            config["num_classes"] = 10
+        torch.manual_seed(0)
+        model = build_model(stage, config)
+        r = run["resolution"]
+        images, labels = torch.rand(2, 3, r, r) * 2 - 1, torch.tensor([0, 1])
+        features = [torch.randn(2, clip_cfg.embed_dim), torch.randn(2, clip_cfg.embed_dim),
+                    torch.randn(2, clip_cfg.context_length, clip_cfg.text_width)]
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = train.compute_loss(stage, model, images, ["a photo of a cat"] * 2, labels,
+                                         features)
+            loss.backward()
+        per_image = counter.get_total_flops() / 2
+        hours = per_image * run["batch_size"] * run["steps"] / flops_per_second / 3600
+        rows.append((stage, sum(p.numel() for p in model.parameters()), per_image / 1e9,
+                     run["batch_size"], run["steps"], hours))
+    return rows
 
 
 def main():
@@ -92,23 +155,45 @@ def main():
     parser.add_argument("--sizes", default="2M,8M,35M")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--models", default="out", help="where the main job wrote its metrics")
+    parser.add_argument("--presets", action="store_true",
+                        help="only the GPU presets' FLOPs and expected time")
     args = parser.parse_args()
+    if args.presets:
+        print("| preset | stage | parameters | training GFLOPs per image | batch | steps | "
+              "expected hours at 100 TFLOP/s |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for preset in ("gpu-cifar10", "gpu-coco"):
+            for stage, params, gflops, batch, steps, hours in preset_estimates(preset):
+                print(f"| {preset} | {stage} | {params / 1e6:.1f}M | {gflops:.2f} | {batch} | "
+                      f"{steps:,} | {hours:.2f} |", flush=True)
+        return
     device = torch.device(args.device)
+    if args.sizes and any(s not in SIZES for s in args.sizes.split(",")):
+        sys.exit(f"error: unknown size in --sizes {args.sizes!r}: choose from {', '.join(SIZES)}")
     models = [("ours", ours)]
     if importlib.util.find_spec("diffusers"):
         models.append(("diffusers UNet2DModel", reference))
     else:
         print("diffusers is not installed: reporting our U-Net alone")
     print(f"device {device}, batch {args.batch}, 32 px, {torch.get_num_threads()} threads")
-    print("| size | model | parameters | train images/s | sampling ms/step | peak memory MiB |")
+    memory = "GPU allocator peak" if device.type == "cuda" else "process peak RSS"
+    print(f"| size | model | parameters | train images/s | sampling ms/step | {memory} MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
+    spawn = multiprocessing.get_context("spawn")
     for size in args.sizes.split(","):
-        for name, build in models:
-            config = SIZES[size][0] if name == "ours" else SIZES[size][1]
-            params, ips, ms, memory = measure(build, config, device, args.batch, args.steps)
-            mem = f"{memory:.0f}" if memory is not None else "-"
-            print(f"| {size} | {name} | {params / 1e6:.2f}M | {ips:.1f} | {ms:.1f} | {mem} |",
+        for name, _ in models:
+            with spawn.Pool(1) as pool:
+                params, ips, ms, mib = pool.apply(measure, (name, size, device, args.batch,
+                                                            args.steps))
+            print(f"| {size} | {name} | {params / 1e6:.2f}M | {ips:.1f} | {ms:.1f} | {mib:.0f} |",
                   flush=True)
+    rows = cpu_preset_times(args.models)
+    if rows:
+        print(f"\nThe CPU preset (`python train.py`), as recorded in {args.models}/*_metrics.json:")
+        print("| stage | training s | with evaluation s |\n| --- | --- | --- |")
+        for stage, train_s, total_s in rows:
+            print(f"| {stage} | {train_s if train_s is not None else '-'} | {total_s} |")
 
 
 if __name__ == "__main__":

@@ -243,3 +243,79 @@ def test_training_is_reproducible_for_a_seed_on_cpu(tmp_path):
     first, second = _run("vae", tmp_path / "a", steps=4), _run("vae", tmp_path / "b", steps=4)
     for (name, p), q in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_gpu_path_switches_on_for_cuda_only():
+    run = dict(train.RUN_DEFAULTS)
+    assert not any(train.gpu_options(torch.device("cpu"), run).values())
+    assert all(train.gpu_options(torch.device("cuda"), run).values())
+    assert not train.gpu_options(torch.device("cuda"), dict(run, precision="fp32"))["autocast"]
+    assert train.gpu_options(torch.device("cpu"), dict(run, precision="bf16"))["autocast"]
+
+
+def test_bf16_autocast_branch_trains(tmp_path, monkeypatch):
+    # The GPU's mixed-precision branch, run on the CPU: autocast is on in every step, the
+    # convolutions compute in bfloat16, and the loss still falls by half in 60 steps.
+    real, seen = train.compute_loss, []
+
+    def recording(stage, model, images, *args):
+        loss, figures = real(stage, model, images, *args)
+        seen.append((torch.is_autocast_enabled("cpu"), model.encoder(images).dtype, loss.item()))
+        return loss, figures
+    monkeypatch.setattr(train, "compute_loss", recording)
+    run = dict(train.RUN_DEFAULTS, **TINY, steps=60, lr=3e-3, precision="bf16")
+    train.train("ae", run, dict(channels=8, latent_dim=8, resolution=16), str(tmp_path), seed=5,
+                device="cpu", quiet=True)
+    assert all(on and dtype == torch.bfloat16 for on, dtype, _ in seen)
+    losses = [loss for *_, loss in seen]
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
+
+
+def test_gpu_presets_set_each_stage_and_flags_still_win():
+    args = train.argparse.Namespace(preset="gpu-cifar10",
+                                    **{k: None for k in train.RUN_DEFAULTS})
+    run, config = train.resolve_settings("decoder", args, [])
+    assert run["data"].startswith("cifar10:") and run["steps"] == 40000
+    assert config["channels"] == 128 and config["attention_resolutions"] == (16, 8)
+    run, config = train.resolve_settings("upsampler", args, ["--steps=7"])
+    assert (run["resolution"], config["low_resolution"], run["steps"]) == (64, 32, 7)
+    assert train.resolve_settings("clip", args, [])[1]["embed_dim"] == 256
+    assert train.resolve_settings("ae", args, [])[0]["steps"] == train.RUN_DEFAULTS["steps"]
+
+
+def test_gpu_preset_models_build_and_take_a_training_step():
+    # bench/throughput.py --presets builds every stage of every GPU preset and runs one forward
+    # and backward pass at batch 2; each must count a positive number of FLOPs.
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import throughput
+    for preset in ("gpu-cifar10", "gpu-coco"):
+        rows = throughput.preset_estimates(preset)
+        assert [r[0] for r in rows] == [s for s in train.PRESETS[preset] if s != "all"]
+        assert all(gflops > 0 and hours > 0 for _, _, gflops, _, _, hours in rows)
+
+
+def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path):
+    # CIFAR-10's captions ("a photo of a cat") are not shapes captions: the cascade is scored by
+    # CLIP-FID against held-out images at each resolution instead of exact match.
+    from test_data import _tiny_cifar
+    from conftest import TINY_CASCADE
+    _, archive = _tiny_cifar(str(tmp_path))
+    train.main(["--out", str(tmp_path / "out"), "--data", f"cifar10:{archive}"] + TINY_CASCADE)
+    with open(tmp_path / "out" / "unclip_metrics.json") as f:
+        figures = json.load(f)
+    assert figures["clip_fid_32px"] > 0 and figures["clip_fid_64px"] > 0
+    assert not any(k.startswith("exact") for k in figures)
+
+
+def test_data_moves_to_the_gpu_only_when_it_fits(monkeypatch):
+    # The "meta" device stands in for the GPU: what moves lands there, what does not stays put.
+    import data as datasets
+    images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
+    cache = [torch.zeros(10, 8), torch.zeros(10, 5, 8, dtype=torch.bfloat16)]
+    meta = torch.device("meta")
+    for free, moved in [(10 ** 9, True), (1000, False)]:  # 1,600 bytes: moves if 6,400 free
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
+        data = datasets.TensorData(images.clone(), [["a"]] * 10)
+        new_cache = train.data_to_device(data, list(cache), meta)
+        assert data.images.is_meta == moved
+        assert all(f.is_meta == moved for f in new_cache)
