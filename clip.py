@@ -167,12 +167,17 @@ class CLIP(nn.Module):
         return self.logit_scale.exp() * image_e @ text_e.T
 
     def loss(self, images, texts):
-        """Symmetric InfoNCE: cross-entropy over captions per image and over images per caption."""
         logits = self.logits(images, texts)                             # (B, B)
-        target = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        accuracy = (logits.argmax(1) == target).float().mean().item()
-        return loss, {"accuracy": accuracy, "temperature": 1 / self.logit_scale.exp().item()}
+        accuracy = (logits.argmax(1) == torch.arange(len(logits), device=logits.device))
+        return contrastive_loss(logits), {"accuracy": accuracy.float().mean().item(),
+                                          "temperature": 1 / self.logit_scale.exp().item()}
+
+
+def contrastive_loss(logits):
+    """Symmetric InfoNCE on (B, B) logits whose diagonal holds the matching pairs: cross-entropy
+    over captions per image and over images per caption, averaged."""
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def normalise_embedding(z):

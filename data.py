@@ -506,15 +506,32 @@ def load_data(spec, resolution=32, n=20000, seed=0, split="train"):
                      "cifar10:PATH, folder:PATH or coco:PATH")
 
 
-def save_grid(images, path, nrow=8, scale=1):
-    """Write images (B, 3, H, W) in [-1, 1] as one PNG grid, nrow images per row."""
+def grid(images, nrow=8):
+    """Images (B, 3, H, W) in [-1, 1] -> one (rows H, nrow W, 3) uint8 array, padded white."""
     b, _, h, w = images.shape
     nrow = min(nrow, b)
     rows = -(-b // nrow)
     pad = torch.ones(rows * nrow - b, 3, h, w, device=images.device)
     x = torch.cat([images.detach().float().clamp(-1, 1), pad])
     x = x.view(rows, nrow, 3, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, nrow * w, 3)
-    img = Image.fromarray(((x + 1) * 127.5).round().byte().cpu().numpy())
+    return ((x + 1) * 127.5).round().byte().cpu().numpy()
+
+
+def show_grid(images, title, nrow=8, ax=None):
+    """Draw images (B, 3, H, W) in [-1, 1] as a titled grid on a matplotlib axis (notebooks)."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        ax = plt.figure(figsize=(min(12, 1.2 * min(nrow, len(images))),
+                                 1.3 * -(-len(images) // nrow) + 0.4)).gca()
+    ax.imshow(grid(images, nrow), interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def save_grid(images, path, nrow=8, scale=1):
+    """Write images (B, 3, H, W) in [-1, 1] as one PNG grid, nrow images per row."""
+    img = Image.fromarray(grid(images, nrow))
     if scale != 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -88,6 +88,12 @@ def slerp(a, b, theta):
     return unit * a.norm()
 
 
+def text_diff(z_i, z_t_before, z_t_after, theta):
+    """unCLIP Fig. 5: rotate an image embedding z_i (D,) towards the normalised difference of two
+    captions' text embeddings, z_d = norm(z_t_after - z_t_before), by slerp at fractions theta."""
+    return slerp(z_i, normalise_embedding(z_t_after - z_t_before), theta)
+
+
 def decode(clip_model, decoder, upsamplers, z_i, args, same_noise=False):
     """Image embeddings (B, D) alone (no caption) -> final images, through the decoder and the
     upsamplers. With same_noise, every image starts from one x_T: only the embedding differs."""
@@ -127,11 +133,10 @@ def sample_unclip(args):
             before, after, path = args.text_diff
             check_prompts([before, after], clip_model.cfg.context_length)
             z_t = normalise_embedding(clip_model.encode_text([before, after]))
-            z_d = normalise_embedding(z_t[1] - z_t[0])
             z = normalise_embedding(clip_model.encode_image(
                 read_image(path, clip_model.cfg.resolution).to(device)))[0]
             # theta from 0 to 0.5, the top of the paper's range for Fig. 5 (0.25 to 0.50)
-            z_i = slerp(z, z_d, torch.linspace(0, 0.5, args.n, device=device))
+            z_i = text_diff(z, z_t[0], z_t[1], torch.linspace(0, 0.5, args.n, device=device))
         images = decode(clip_model, decoder, upsamplers, z_i, args, same_noise=True)
         return print(f"wrote {write_images(images, args.out)}")
     if args.prompts:
