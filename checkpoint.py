@@ -6,9 +6,10 @@ weights. It is written to a temporary file and renamed, so a crash mid-write lea
 checkpoint whole, and read with torch.load(weights_only=True), so a downloaded file cannot run
 code. Loading checks the format and stage and says what is wrong in one line.
 
-Defines: model_class and build_model (the one place that maps a stage to its model),
-save_checkpoint, load_checkpoint, restore_model, fingerprint, load_unclip (the whole cascade,
-checked), and pick_device (CUDA, then MPS, then CPU).
+Defines: model_class, build_model, clip_fields and stage_loss (the one place that maps a stage
+to its model and to what its loss takes), save_checkpoint, load_checkpoint, check_resumable,
+restore_model, fingerprint, load_clip (frozen, optionally checked against a fingerprint),
+load_unclip (the whole cascade, checked), and pick_device (CUDA, then MPS, then CPU).
 """
 import os
 
@@ -32,6 +33,9 @@ CLASSES = {"vqvae": (VQVAEConfig, VQVAE), "ddpm": (DDPMConfig, DDPM),
            "upsampler2": (UpsamplerConfig, Upsampler)}
 
 
+CLIP_STAGES = ("prior", "ar_prior", "decoder")  # these read a trained CLIP's features
+
+
 class CheckpointError(ValueError):
     pass
 
@@ -51,6 +55,39 @@ def build_model(stage, config):
     if stage in ("ae", "dae", "vae"):
         config = dict(config, kind=stage)
     return cls(config_cls(**config))
+
+
+def check_resumable(state, path, config, clip_model=None):
+    """Refuse, in one line, to continue a checkpoint with other model settings or another CLIP."""
+    if state["config"] != config:
+        diff = sorted(k for k in config if state["config"].get(k) != config[k])
+        raise CheckpointError(f"{path} was trained with other settings ({', '.join(diff)}); "
+                              "resume with the same flags or choose another --out")
+    if clip_model is not None and state.get("clip") != fingerprint(clip_model):
+        raise CheckpointError(f"{path} was trained with another CLIP: train it again without "
+                              "--resume")
+
+
+def clip_fields(stage, clip_cfg):
+    """The model fields a CLIP-reading stage takes from its CLIP's config."""
+    if stage == "decoder":
+        return dict(embedding_dim=clip_cfg.embed_dim, text_width=clip_cfg.text_width)
+    return dict(embed_dim=clip_cfg.embed_dim, text_width=clip_cfg.text_width,
+                context_length=clip_cfg.context_length)
+
+
+def stage_loss(stage, model, images, captions, labels, clip_features=None):
+    """One batch's (loss, figures) for a stage's model: what each model's loss takes."""
+    if stage in CLIP_STAGES:
+        z_i, z_t, tokens = clip_features
+        if stage == "decoder":
+            return model.loss(images, z_i, tokens)
+        return model.loss(z_i, z_t, tokens)
+    if stage == "clip":
+        return model.loss(images, captions)
+    if stage == "classifier" or (stage == "ddpm" and model.cfg.num_classes):
+        return model.loss(images, labels)
+    return model.loss(images)
 
 
 def save_checkpoint(path, state):
@@ -106,11 +143,24 @@ def fingerprint(model):
     return round(sum(p.detach().cpu().double().abs().sum().item() for p in model.parameters()), 4)
 
 
+def load_clip(folder, device="cpu", expected_fingerprint=None):
+    """FOLDER/clip.pt, frozen and in eval mode; with an expected fingerprint, refuse another CLIP.
+
+    model.encode_text(list_of_str) and model.encode_image(images in [-1, 1]) return unnormalised
+    embeddings of size cfg.embed_dim; normalise them to compare."""
+    clip_model = restore_model(load_checkpoint(os.path.join(folder, "clip.pt"), "clip"), device)
+    clip_model.requires_grad_(False)
+    if expected_fingerprint is not None and fingerprint(clip_model) != expected_fingerprint:
+        raise CheckpointError(f"{folder}/clip.pt is not the CLIP this model was trained with "
+                              "(retrained since?): retrain the prior and decoder on it")
+    return clip_model
+
+
 def load_unclip(folder, device="cpu", prior_stage="prior"):
     """The cascade `python train.py` writes to a folder: (clip, prior, decoder, upsamplers), all
     in eval mode, the prior and decoder checked to have been trained on this CLIP."""
-    clip_model = restore_model(load_checkpoint(os.path.join(folder, "clip.pt"), "clip"), device)
-    stamp = fingerprint(clip_model.requires_grad_(False))
+    clip_model = load_clip(folder, device)
+    stamp = fingerprint(clip_model)
     models = []
     for stage in (prior_stage, "decoder"):
         path = os.path.join(folder, f"{stage}.pt")

@@ -16,21 +16,49 @@ its decoder inverts the image embeddings.
 Zero-shot classification embeds one prompt per class (or averages many: prompt ensembling) and
 picks the class whose embedding is nearest the image's.
 
-Defines: CLIPConfig, Block (the pre-norm transformer block, reused by prior.py), TextEncoder,
-ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), normalise_embedding,
-load, zero_shot_weights,
-recall_at_k, shapes_zero_shot (per-attribute accuracy on shapes).
+Defines: ByteTokenizer, CLIPConfig, Block (the pre-norm transformer block, reused by prior.py),
+TextEncoder, ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), contrastive_loss,
+normalise_embedding and clip_embeddings (what the prior and decoder see), zero_shot_weights,
+recall_at_k and retrieval. Needs torch only.
 Run `python clip.py` to train a small CLIP on shapes for a minute and print its retrieval.
 """
-import itertools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import data as datasets
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer: UTF-8 bytes, so no text is ever out of vocabulary.
+
+class ByteTokenizer:
+    """Bytes 0..255, then start-of-text, end-of-text and padding; a fixed context length.
+
+    Text longer than the context is truncated (with a warning) so the end token always fits."""
+
+    def __init__(self, context_length=80):
+        self.context_length = context_length
+        self.sot, self.eot, self.pad = 256, 257, 258
+        self.vocab_size = 259
+
+    def encode(self, text):
+        body = list(text.encode("utf-8", errors="replace"))  # a lone surrogate becomes "?"
+        if len(body) > self.context_length - 2:
+            warnings.warn(f"caption truncated to {self.context_length - 2} bytes: {text[:40]!r}...")
+            body = body[: self.context_length - 2]
+        tokens = [self.sot] + body + [self.eot]
+        return tokens + [self.pad] * (self.context_length - len(tokens))
+
+    def __call__(self, texts):
+        """list of str -> (B, context_length) int64."""
+        return torch.tensor([self.encode(t) for t in texts], dtype=torch.long)
+
+    def decode(self, tokens):
+        body = [t for t in list(tokens) if t < 256]
+        return bytes(body).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -75,7 +103,7 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.tokenizer = datasets.ByteTokenizer(cfg.context_length)
+        self.tokenizer = ByteTokenizer(cfg.context_length)
         self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(
             0.01 * torch.randn(cfg.context_length, cfg.text_width))
@@ -187,15 +215,15 @@ def normalise_embedding(z):
     return F.normalize(z, dim=-1) * math.sqrt(z.shape[-1])
 
 
-def load(path, device="cpu"):
-    """A trained CLIP from a checkpoint of `python train.py clip`: frozen and in eval mode.
 
-    model.encode_text(list_of_str) and model.encode_image(images in [-1, 1]) return
-    unnormalised embeddings of size cfg.embed_dim; normalise them to compare."""
-    from checkpoint import load_checkpoint, restore_model  # checkpoint.py imports this file
-    model = restore_model(load_checkpoint(path, "clip"), device)
-    return model.requires_grad_(False)
-
+@torch.no_grad()
+def clip_embeddings(clip_model, images, captions):
+    """What the prior and the decoder see of a batch: normalised z_i (B, D) and z_t (B, D), and
+    the caption's token features (B, L, W). Images larger than CLIP's are box-downsampled."""
+    if images.shape[-1] != clip_model.cfg.resolution:
+        images = F.interpolate(images, size=clip_model.cfg.resolution, mode="area")
+    z_t, tokens = clip_model.encode_text(captions, return_tokens=True)
+    return normalise_embedding(clip_model.encode_image(images)), normalise_embedding(z_t), tokens
 
 # ----------------------------------------------------------------------------------------------
 # Using a trained CLIP: zero-shot classification and retrieval.
@@ -218,62 +246,13 @@ def recall_at_k(similarity, same, k):
     return same.gather(1, top).any(dim=1).float().mean().item()
 
 
-def _one_object_captions(**fixed):
-    """Every canonical one-object caption agreeing with the fixed attributes."""
-    choices = dict(size=datasets.SIZES, colour=datasets.COLOURS, shape=datasets.SHAPES,
-                   position=datasets.POSITIONS)
-    choices.update({k: [v] for k, v in fixed.items()})
-    return [f"a {s} {c} {sh} {p}" for s, c, sh, p in itertools.product(
-        choices["size"], choices["colour"], choices["shape"], choices["position"])]
-
-
-def _two_object_captions(relation, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    names = [f"{s} {c} {sh}" for s, c, sh in itertools.product(datasets.SIZES, datasets.COLOURS,
-                                                               datasets.SHAPES)]
-    picks = torch.randint(len(names), (n, 2), generator=g).tolist()
-    return [f"a {names[i]} {relation} a {names[j]}" for i, j in picks]
-
-
 @torch.no_grad()
-def shapes_zero_shot(model, n=1000, seed=1, split="train"):
-    """Zero-shot accuracy per attribute on held-out shapes scenes, by prompt ensembling: each
-    value's prompts are the captions with that value and every filler of the other attributes.
-    Colour, shape, size and position on one-object scenes; relation on two-object scenes. The
-    training prefixes ("a picture of ...") are the templates."""
+def retrieval(model, images, captions):
+    """Text-to-image and image-to-text recall@1 and @5 over N pairs: uint8 images (N, 3, R, R)
+    and their captions (N strings)."""
     device = model.logit_scale.device
-    templates = [p + "{}" for p in datasets.PREFIXES]
-    results = {}
-    one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1)
-    scenes = [datasets.parse_caption(c[0]) for c in one.captions]
-    image_e = F.normalize(model.encode_image(one.images.float().to(device) / 127.5 - 1), dim=-1)
-    for attribute, values in [("colour", datasets.COLOURS), ("shape", datasets.SHAPES),
-                              ("size", datasets.SIZES), ("position", datasets.POSITIONS)]:
-        values = list(values)
-        weights = zero_shot_weights(model, [_one_object_captions(**{attribute: v}) for v in values],
-                                    templates)
-        predicted = (image_e @ weights.T).argmax(1).tolist()
-        truth = [values.index(s["position"] if attribute == "position"
-                              else s["objects"][0][attribute]) for s in scenes]
-        results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
-    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
-    image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
-    weights = zero_shot_weights(model, [_two_object_captions(r) for r in datasets.RELATIONS],
-                                templates)
-    predicted = (image_e @ weights.T).argmax(1).tolist()
-    truth = [datasets.RELATIONS.index(datasets.parse_caption(c[0])["relation"])
-             for c in two.captions]
-    results["relation"] = sum(p == t for p, t in zip(predicted, truth)) / n
-    return results
-
-
-@torch.no_grad()
-def retrieval(model, data):
-    """Text-to-image and image-to-text recall@1 and @5 over the pairs of a TensorData."""
-    device = model.logit_scale.device
-    captions = [c[0] for c in data.captions]
     image_e = torch.cat([model.encode_image(x.float().to(device) / 127.5 - 1)
-                         for x in data.images.split(250)])
+                         for x in images.split(250)])
     text_e = torch.cat([model.encode_text(captions[i:i + 250])
                         for i in range(0, len(captions), 250)])
     similarity = F.normalize(image_e, dim=-1) @ F.normalize(text_e, dim=-1).T   # (N, N)
@@ -285,6 +264,8 @@ def retrieval(model, data):
 
 if __name__ == "__main__":
     import time
+
+    import data as datasets
     torch.manual_seed(0)
     train_data = datasets.shapes_data(20000, 32, seed=0, split="train")
     model = CLIP(CLIPConfig())
@@ -300,4 +281,5 @@ if __name__ == "__main__":
             print(f"step {step}: loss {loss.item():.3f}, batch accuracy {figures['accuracy']:.2f} "
                   f"({time.time() - start:.0f}s)")
     test = datasets.shapes_data(1000, 32, seed=1, split="train", prefixes=False)
-    print("retrieval on 1000 held-out pairs:", retrieval(model.eval(), test))
+    print("retrieval on 1000 held-out pairs:",
+          retrieval(model.eval(), test.images, [c[0] for c in test.captions]))

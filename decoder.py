@@ -35,7 +35,7 @@ class DecoderConfig(UNetConfig):
     embedding_tokens: int = 4       # context tokens made from z_i (the paper: four)
     timesteps: int = 1000
     schedule: str = "cosine"
-    prediction: str = "v"           # see train.py: v trains faster than eps in short runs
+    prediction: str = "v"           # see DDPMConfig: v trains faster than eps in short runs
     clip_x0: str = "clip"
     p_drop_embedding: float = 0.1   # z_i zeroed this often in training
     p_drop_caption: float = 0.5     # the caption zeroed this often
@@ -69,13 +69,9 @@ class Decoder(nn.Module):
     def sample(self, z_i, tokens, guidance_scale=1.0, steps=50, eta=0.0, noise=None):
         """Images (B, 3, R, R) in [-1, 1] for z_i (B, E) and tokens (B, L, W); zeros in either
         mean "not given". noise (B, 3, R, R) fixes x_T (interpolations hold it fixed)."""
-        cond = (z_i, tokens)
-        if guidance_scale == 1.0:
-            model_fn = lambda x, t: self(x, t, *cond)  # noqa: E731
-        else:
-            null = (torch.zeros_like(z_i), torch.zeros_like(tokens))
-            model_fn = classifier_free_guidance(lambda x, t, c: self(x, t, *c), cond, null,
-                                                guidance_scale)
+        null = (torch.zeros_like(z_i), torch.zeros_like(tokens))
+        model_fn = classifier_free_guidance(lambda x, t, c: self(x, t, *c), (z_i, tokens), null,
+                                            guidance_scale)
         shape = (len(z_i), self.cfg.in_channels, self.cfg.resolution, self.cfg.resolution)
         x = self.diffusion.ddim_sample_loop(model_fn, shape, steps, eta, z_i.device, noise=noise)
         return x.clamp(-1, 1)

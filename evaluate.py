@@ -1,35 +1,47 @@
-"""The Frechet distance between two sets of image features: FID, and CLIP-FID on our own CLIP.
+"""Every stage's figures: what each trained model reports, on held-out data, and its pictures.
 
-Heusel et al. 2017 (arXiv 1706.08500) fit a Gaussian to each set's features and compare them:
+train.py calls `evaluate(stage, ...)` when a stage finishes and `evaluate_unclip` after the main
+job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
+  - AE, DAE, VAE, VQ-VAE: reconstruction MSE against the mean image; the VAE's negative ELBO in
+    bits per dimension; the VQ-VAE's code perplexity and dead codes.
+  - DDPM: a grid of samples per class, and on shapes the share with the requested shape.
+  - CLIP: retrieval recall@k; on shapes, zero-shot accuracy per attribute (colour, shape, size,
+    position, relation), also on the colour-shape pairs never seen in training.
+  - Priors: cosine between the sampled image embedding and the true one, against baselines.
+  - Decoder: exact match of images decoded from the scene's own embedding (the cascade's
+    ceiling with a perfect prior); upsamplers: MSE and exact match against bilinear resizing.
+  - The cascade: exact match on held-out prompts at every resolution; on data the caption checker
+    cannot read, CLIP-FID against held-out images.
+
+The Frechet distance (Heusel et al. 2017, arXiv 1706.08500) fits a Gaussian to each set of
+features and compares them:
     d^2 = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
-The published FID takes its features from the 2,048-d pool layer of the Inception-v3 network
-(Szegedy et al. 2015, arXiv 1512.00567) in the TensorFlow port FID was defined with. `InceptionV3`
-below is that network, laid out so that the standard FID weights file (pytorch-fid's
-`pt_inception-2015-12-05-6726825d.pth`) loads into it strictly: `--inception PATH` (nothing is
-downloaded). Always reported beside it: the same distance on our own CLIP's image embeddings,
-comparable between our own runs only: "CLIP-FID (own features; not comparable to published FID)".
+Published FID takes Inception-v3's features (bench/fid.py has that network); here the features
+are our own CLIP's image embeddings, comparable between our own runs only: "CLIP-FID (own
+features; not comparable to published FID)". Tr((S_1 S_2)^(1/2)) is the sum of the square roots
+of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as S_1 S_2 but is
+symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
 
-Tr((S_1 S_2)^(1/2)) is computed as the sum of the square roots of the eigenvalues of
-S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as S_1 S_2 but is symmetric positive
-semi-definite, so its eigenvalues are real and non-negative (up to rounding, clamped at 0).
-
-Defines: feature_statistics, frechet_distance, clip_features, InceptionV3, load_inception,
-inception_features.
-Run `python evaluate.py --models out` for the CLIP-FID (and, with `--inception PATH`, the FID) of
-unCLIP's samples against held-out shapes scenes at several decoder guidance scales.
+Defines: feature_statistics, frechet_distance, clip_features, shapes_zero_shot, exact_match,
+held_out_prompts, evaluate (one stage), evaluate_unclip (the cascade), guidance_sweep.
+Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
+against held-out shapes scenes at several decoder guidance scales.
 """
 import argparse
+import itertools
 import json
+import math
 import os
 import sys
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import data as datasets
-from checkpoint import load_unclip
-from upsample import unclip_sample
+import shapes
+from checkpoint import load_checkpoint, load_clip, load_unclip
+from clip import clip_embeddings, retrieval, zero_shot_weights
+from unclip import unclip_sample
 
 
 def feature_statistics(features):
@@ -67,189 +79,259 @@ def clip_features(clip_model, images, chunk=250):
 
 
 # ----------------------------------------------------------------------------------------------
-# Inception-v3, as FID defines it. Attribute names follow the weights file's keys
-# (Conv2d_1a_3x3.conv.weight, Mixed_5b.branch5x5_2.bn.running_mean, ...). The FID network differs
-# from the classification one in its pooling: average pools ignore the zero padding
-# (count_include_pad=False) and the last block pools its fourth branch with a max, not a mean.
+# Shapes figures: CLIP's zero-shot accuracy, and the caption checker over many images.
 
-class BasicConv2d(nn.Module):
-    """Convolution (no bias), batch norm (eps 1e-3, TensorFlow's), ReLU."""
-
-    def __init__(self, c_in, c_out, kernel, stride=1, padding=0):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, eps=1e-3)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-class Mixed(nn.Module):
-    """One Inception block: chains of convolutions side by side, outputs concatenated.
-
-    chains: name -> [(c_out, kernel, stride, padding), ...]; a one-layer chain's convolution is
-    called `name`, a longer chain's `name_1`, `name_2`, ... A list of two layers in a chain is a
-    1x3 and a 3x1 convolution applied side by side to the same input (`name_ka`, `name_kb`; the
-    E blocks). pool: "avg" or "max" (3x3, stride 1) followed by a 1x1 convolution to
-    pool_channels, or "max_s2" (3x3, stride 2, no convolution: the grid-reducing blocks)."""
-
-    def __init__(self, c_in, chains, pool, pool_channels=0):
-        super().__init__()
-        self.chains, self.pool = [], pool
-        for name, layers in chains.items():
-            c, labels = c_in, []
-            for k, layer in enumerate(layers, start=1):
-                label = name if len(layers) == 1 else f"{name}_{k}"
-                if isinstance(layer, list):  # the side-by-side pair
-                    for end, (c_out, *conv) in zip("ab", layer):
-                        self.add_module(label + end, BasicConv2d(c, c_out, *conv))
-                    labels.append((label + "a", label + "b"))
-                else:
-                    self.add_module(label, BasicConv2d(c, layer[0], *layer[1:]))
-                    labels.append(label)
-                    c = layer[0]
-            self.chains.append(labels)
-        if pool_channels:
-            self.branch_pool = BasicConv2d(c_in, pool_channels, 1)
-
-    def forward(self, x):
-        outputs = []
-        for labels in self.chains:
-            h = x
-            for label in labels:
-                if isinstance(label, tuple):  # (B, C, H, W) -> (B, 2 C', H, W)
-                    h = torch.cat([getattr(self, end)(h) for end in label], 1)
-                else:
-                    h = getattr(self, label)(h)
-            outputs.append(h)
-        if self.pool == "max_s2":
-            outputs.append(F.max_pool2d(x, 3, stride=2))
-        elif self.pool == "max":
-            outputs.append(self.branch_pool(F.max_pool2d(x, 3, stride=1, padding=1)))
-        else:
-            outputs.append(self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1,
-                                                         count_include_pad=False)))
-        return torch.cat(outputs, 1)
-
-
-def block_a(c_in, pool_channels):  # 35x35 grid -> 224 + pool_channels channels
-    return Mixed(c_in, {"branch1x1": [(64, 1, 1, 0)],
-                        "branch5x5": [(48, 1, 1, 0), (64, 5, 1, 2)],
-                        "branch3x3dbl": [(64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 1, 1)]},
-                 "avg", pool_channels)
-
-
-def block_c(c_7x7):  # 17x17 grid, 768 channels; 7x7 convolutions factored into 1x7 and 7x1
-    row, col = ((1, 7), 1, (0, 3)), ((7, 1), 1, (3, 0))
-    return Mixed(768, {"branch1x1": [(192, 1, 1, 0)],
-                       "branch7x7": [(c_7x7, 1, 1, 0), (c_7x7, *row), (192, *col)],
-                       "branch7x7dbl": [(c_7x7, 1, 1, 0), (c_7x7, *col), (c_7x7, *row),
-                                        (c_7x7, *col), (192, *row)]},
-                 "avg", 192)
-
-
-def block_e(c_in, pool):  # 8x8 grid -> 2048 channels
-    row, col = ((1, 3), 1, (0, 1)), ((3, 1), 1, (1, 0))
-    return Mixed(c_in, {"branch1x1": [(320, 1, 1, 0)],
-                        "branch3x3": [(384, 1, 1, 0), [(384, *row), (384, *col)]],
-                        "branch3x3dbl": [(448, 1, 1, 0), (384, 3, 1, 1),
-                                         [(384, *row), (384, *col)]]},
-                 pool, 192)
-
-
-class InceptionV3(nn.Module):
-    """Inception-v3 without the auxiliary classifier; `features` returns the 2,048-d pool layer.
-    fc (1,008 classes, as in the FID weights file) is kept only so that the file loads strictly."""
-
-    def __init__(self):
-        super().__init__()
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, 1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
-        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = (block_a(192, 32), block_a(256, 64),
-                                                       block_a(288, 64))
-        self.Mixed_6a = Mixed(288, {"branch3x3": [(384, 3, 2, 0)],
-                                    "branch3x3dbl": [(64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 2, 0)]},
-                              "max_s2")
-        self.Mixed_6b, self.Mixed_6c = block_c(128), block_c(160)
-        self.Mixed_6d, self.Mixed_6e = block_c(160), block_c(192)
-        self.Mixed_7a = Mixed(768, {"branch3x3": [(192, 1, 1, 0), (320, 3, 2, 0)],
-                                    "branch7x7x3": [(192, 1, 1, 0), (192, (1, 7), 1, (0, 3)),
-                                                    (192, (7, 1), 1, (3, 0)), (192, 3, 2, 0)]},
-                              "max_s2")
-        self.Mixed_7b, self.Mixed_7c = block_e(1280, "avg"), block_e(2048, "max")
-        self.fc = nn.Linear(2048, 1008)
-
-    def features(self, x):
-        """(B, 3, H, W) in [-1, 1] -> (B, 2048); resized to 299 px first, as FID does."""
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))   # (B, 64, 147, 147)
-        x = F.max_pool2d(x, 3, stride=2)                                    # (B, 64, 73, 73)
-        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)  # 192 x 35 x 35
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                      self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-                      self.Mixed_7c):
-            x = block(x)                                                    # ... (B, 2048, 8, 8)
-        return x.mean((2, 3))                                               # (B, 2048)
-
-
-def load_inception(path, device="cpu"):
-    """The FID Inception-v3 from its weights file; one-line errors for a missing or wrong file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file. Pass --inception the FID Inception weights "
-                                "(pt_inception-2015-12-05-6726825d.pth from pytorch-fid)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = InceptionV3()
-        model.load_state_dict(state)
-    except Exception as e:  # unpickling or key errors: say which file, and what it should be
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not the FID Inception-v3 weights file "
-                         f"({first[:120]})") from None
-    return model.to(device).eval()
+def _two_object_captions(relation, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    names = [f"{s} {c} {sh}" for s, c, sh in itertools.product(shapes.SIZES, shapes.COLOURS,
+                                                               shapes.SHAPES)]
+    picks = torch.randint(len(names), (n, 2), generator=g).tolist()
+    return [f"a {names[i]} {relation} a {names[j]}" for i, j in picks]
 
 
 @torch.no_grad()
-def inception_features(model, images, chunk=50):
-    """(N, 3, R, R) images in [-1, 1] -> (N, 2048) pool features."""
-    device = next(model.parameters()).device
-    return torch.cat([model.features(x.to(device).float()).cpu() for x in images.split(chunk)])
+def shapes_zero_shot(model, n=1000, seed=1, split="train"):
+    """Zero-shot accuracy per attribute on held-out shapes scenes, by prompt ensembling: each
+    value's prompts are the captions with that value and every filler of the other attributes.
+    Colour, shape, size and position on one-object scenes; relation on two-object scenes. The
+    training prefixes ("a picture of ...") are the templates."""
+    device = model.logit_scale.device
+    templates = [p + "{}" for p in shapes.PREFIXES]
+    results = {}
+    one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1)
+    scenes = [shapes.parse_caption(c[0]) for c in one.captions]
+    image_e = F.normalize(model.encode_image(one.images.float().to(device) / 127.5 - 1), dim=-1)
+    for attribute, values in [("colour", shapes.COLOURS), ("shape", shapes.SHAPES),
+                              ("size", shapes.SIZES), ("position", shapes.POSITIONS)]:
+        values = list(values)
+        weights = zero_shot_weights(
+            model, [shapes.one_object_captions(**{attribute: v}) for v in values], templates)
+        predicted = (image_e @ weights.T).argmax(1).tolist()
+        truth = [values.index(s["position"] if attribute == "position"
+                              else s["objects"][0][attribute]) for s in scenes]
+        results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
+    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
+    image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
+    weights = zero_shot_weights(model, [_two_object_captions(r) for r in shapes.RELATIONS],
+                                templates)
+    predicted = (image_e @ weights.T).argmax(1).tolist()
+    truth = [shapes.RELATIONS.index(shapes.parse_caption(c[0])["relation"])
+             for c in two.captions]
+    results["relation"] = sum(p == t for p, t in zip(predicted, truth)) / n
+    return results
 
 
-def main(argv=None):
+def exact_match(images, captions):
+    """The checker's exact-match rates on one-object and two-object prompts, and overall; none
+    for captions it cannot read (data other than shapes)."""
+    try:
+        for caption in captions:
+            shapes.parse_caption(caption)
+    except ValueError:
+        return {}
+    summary = shapes.check_images(images.cpu(), captions)
+    return {f"exact_{group}": summary[group]["exact"] for group in ("one", "two")
+            if group in summary} | {"exact": summary["exact"]}
+
+
+def held_out_prompts(n, seed=1, split="train"):
+    """n one-object and n two-object canonical captions of scenes not in the training data
+    (another seed than training's 0; split "holdout" for the colour-shape pairs never seen)."""
+    return [c[0] for objects in (1, 2)
+            for c in datasets.shapes_data(n, 32, seed, split, prefixes=False,
+                                          objects=objects).captions]
+
+
+# ----------------------------------------------------------------------------------------------
+# Each stage's figures.
+
+def evaluate_clip(model, test_data, train_data):
+    """Retrieval on held-out pairs; on shapes, zero-shot accuracy per attribute, and both again
+    on the holdout split (colour-shape pairs never seen in training)."""
+    figures = retrieval(model, test_data.images, [c[0] for c in test_data.captions])
+    if train_data.class_names == shapes.SHAPES:
+        figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model).items()})
+        holdout = datasets.shapes_data(1000, model.cfg.resolution, seed=1, split="holdout",
+                                       prefixes=False)
+        figures.update({f"holdout_{k}": v for k, v in retrieval(
+            model, holdout.images, [c[0] for c in holdout.captions]).items()})
+        figures.update({f"holdout_zero_shot_{k}": v
+                        for k, v in shapes_zero_shot(model, split="holdout").items()})
+    return figures
+
+
+def evaluate_ddpm(model, class_names, device, out, per_class=16):
+    """A grid of DDIM samples, one row pair per class; on shapes, the share with the right shape."""
+    if not model.cfg.num_classes:
+        images = model.sample(32, steps=50, device=device)
+        datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), scale=3)
+        return {}
+    y = torch.arange(model.cfg.num_classes, device=device).repeat_interleave(per_class)
+    images = model.sample(len(y), y, guidance_scale=1.0, steps=50, device=device)
+    datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), nrow=per_class, scale=3)
+    if class_names != shapes.SHAPES:
+        return {}
+    _, right = shapes.shape_judgements(images.cpu(), [class_names[i] for i in y.tolist()])
+    return {"shape_accuracy": sum(right) / len(right)}
+
+
+def evaluate_prior(model, clip_model, test_data, n=200):
+    """Mean cosine between the embedding sampled for a held-out caption and its image's true
+    embedding; baselines: the caption's text embedding, and another image's embedding."""
+    images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
+    device = clip_model.logit_scale.device
+    z_i, z_t, tokens = clip_embeddings(clip_model, images.to(device), captions)
+    sampled = model.sample(z_t, tokens)
+    return {"cosine_sample_image": F.cosine_similarity(sampled, z_i).mean().item(),
+            "cosine_text_image": F.cosine_similarity(z_t, z_i).mean().item(),
+            "cosine_other_image": F.cosine_similarity(z_i.roll(1, 0), z_i).mean().item()}
+
+
+def evaluate_decoder(model, clip_model, test_data, out, n=64, guidance_scale=3.0):
+    """Decode held-out images from their own image embedding and caption: the exact-match rate
+    the cascade could reach with a perfect prior."""
+    images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
+    z_i, _, tokens = clip_embeddings(clip_model, images.to(clip_model.logit_scale.device), captions)
+    decoded = model.sample(z_i, tokens, guidance_scale)
+    datasets.save_grid(torch.cat([images[:16], decoded[:16].cpu()]),
+                       os.path.join(out, "decoder_samples.png"), nrow=16, scale=3)
+    return exact_match(decoded, captions)
+
+
+def evaluate_upsampler(model, test_data, stage, out, n=64):
+    """Upsample box-downsampled held-out images; against bilinear resizing, by MSE and by the
+    checker's exact match at the output resolution."""
+    images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
+    x = images.to(next(model.parameters()).device)
+    low = F.interpolate(x, size=model.cfg.low_resolution, mode="area")
+    upsampled, bilinear = model.sample(low), model.condition(low).clamp(-1, 1)
+    datasets.save_grid(torch.cat([bilinear[:8], upsampled[:8], x[:8]]).cpu(),
+                       os.path.join(out, f"{stage}_samples.png"), nrow=8, scale=2)
+    figures = {"mse": (upsampled - x).pow(2).mean().item(),
+               "bilinear_mse": (bilinear - x).pow(2).mean().item()}
+    figures.update({f"{k}_upsampled": v for k, v in exact_match(upsampled, captions).items()})
+    figures.update({f"{k}_bilinear": v for k, v in exact_match(bilinear, captions).items()})
+    return figures
+
+
+@torch.no_grad()
+def evaluate(stage, model, train_data, test_data, device, out):
+    """The figures a finished stage reports, on held-out data, and its pictures."""
+    torch.manual_seed(0)
+    if stage in ("prior", "ar_prior", "decoder"):
+        clip_model = load_clip(out, device)
+        if stage == "decoder":
+            return evaluate_decoder(model, clip_model, test_data, out)
+        return evaluate_prior(model, clip_model, test_data)
+    if stage in ("upsampler", "upsampler2"):
+        return evaluate_upsampler(model, test_data, stage, out)
+    x, _, labels = test_data.batch(torch.arange(min(1000, len(test_data))))
+    x = x.to(device)
+    if stage == "ddpm":
+        return evaluate_ddpm(model, train_data.class_names, device, out)
+    if stage == "clip":
+        return evaluate_clip(model, test_data, train_data)
+    if stage == "classifier":
+        t = torch.full((len(x),), model.cfg.timesteps // 2, device=device)
+        return {"accuracy_t0": (model(x, 0 * t).argmax(1).cpu() == labels).float().mean().item(),
+                "accuracy_half_T": (model(model.diffusion.q_sample(x, t, torch.randn_like(x)), t)
+                                    .argmax(1).cpu() == labels).float().mean().item()}
+    mean_image = (train_data.images.float().mean(0) / 127.5 - 1).to(device)
+    figures = {"baseline_mse": (x - mean_image).pow(2).mean().item()}
+    chunks = x.split(250)
+    recon = torch.cat([model.reconstruct(c).clamp(-1, 1) for c in chunks])
+    figures["mse"] = (recon - x).pow(2).mean().item()
+    if stage == "dae":  # how well it removes the corruption it was trained on
+        denoised = torch.cat([model.reconstruct(model.corrupt(c)).clamp(-1, 1) for c in chunks])
+        figures["denoised_mse"] = (denoised - x).pow(2).mean().item()
+    if stage == "vae":
+        terms = [model.elbo_terms(c) for c in chunks]  # (log p(x | z), KL) per image
+        figures["nats"] = torch.cat([kl - log_px for log_px, kl in terms]).mean().item()
+        figures["bpd"] = figures["nats"] / (x[0].numel() * math.log(2))
+        pictures = [model.sample(16, device), model.interpolate(x[0], x[1], 8),
+                    model.interpolate(x[2], x[3], 8)]
+        datasets.save_grid(torch.cat(pictures), os.path.join(out, "vae_samples.png"), scale=3)
+    if stage == "vqvae":
+        figures["perplexity"] = model(x)[4].item()
+        figures["dead_codes"] = model.quantizer.dead_codes()
+    datasets.save_grid(torch.cat([x[:16], recon[:16]]), os.path.join(out, f"{stage}_recon.png"),
+                       scale=3)
+    return figures
+
+
+def evaluate_unclip(out, device, n=48):
+    """Text to image on held-out prompts through the whole cascade: exact match at every
+    resolution (on shapes; on other data, CLIP-FID against as many held-out images), a grid of
+    samples and the prompts it shows."""
+    clip_model, prior, decoder, upsamplers = load_unclip(out, device)
+    data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
+    shapes = data.startswith("shapes")
+    if shapes:
+        prompts = held_out_prompts(n)
+    else:  # the first caption of 2n held-out images
+        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, 1, "test")
+        prompts = [c[0] for c in test.captions[:2 * n]]
+    torch.manual_seed(0)
+    stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts)
+    figures = {}
+    for images in stages:
+        res = images.shape[-1]
+        figures.update({f"{k}_{res}px": v for k, v in exact_match(images, prompts).items()})
+        if not shapes:
+            real = datasets.load_data(data, res, 2 * n, 1, "test").images[:2 * n] / 127.5 - 1
+            figures[f"clip_fid_{res}px"] = frechet_distance(
+                *feature_statistics(clip_features(clip_model, real)),
+                *feature_statistics(clip_features(clip_model, images)))
+    shown = (list(range(8)) + list(range(n, n + 8)) if shapes  # one-object, two-object
+             else list(range(min(16, len(prompts)))))
+    datasets.save_grid(stages[-1][shown].cpu(), os.path.join(out, "unclip_samples.png"),
+                       nrow=8, scale=2)
+    with open(os.path.join(out, "unclip_samples.txt"), "w") as f:
+        f.write("".join(f"row {i // 8 + 1}, column {i % 8 + 1}: {prompts[j]}\n"
+                        for i, j in enumerate(shown)))
+    return figures
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample quality against decoder guidance.
+
+def guidance_sweep(models, n=300, scales=(1.0, 2.0, 3.0, 5.0), more_features=None):
+    """unCLIP's samples for n held-out shapes prompts, per decoder guidance scale: CLIP-FID
+    against n held-out scenes and exact match. more_features: {name: function from images to
+    (N, D) features} adds a Frechet distance in those features (bench/fid.py: FID)."""
+    more_features = more_features or {}
+    clip_model, prior, decoder, _ = load_unclip(models)
+    real = datasets.shapes_data(n, decoder.cfg.resolution, seed=1, prefixes=False)
+    prompts = [c[0] for c in datasets.shapes_data(n, 32, seed=2, prefixes=False).captions]
+    features = dict(clip_fid=lambda x: clip_features(clip_model, x), **more_features)
+    real_images = real.images.float() / 127.5 - 1
+    real_stats = {name: feature_statistics(f(real_images)) for name, f in features.items()}
+    results = {}
+    for w in scales:
+        torch.manual_seed(0)
+        images = torch.cat([unclip_sample(clip_model, prior, decoder, [], prompts[i:i + 100],
+                                          decoder_guidance=w)[0][-1]
+                            for i in range(0, len(prompts), 100)])
+        results[w] = {name: frechet_distance(*real_stats[name], *feature_statistics(f(images)))
+                      for name, f in features.items()}
+        results[w]["exact"] = shapes.check_images(images, prompts)["exact"]
+        print(f"decoder guidance {w}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[w].items()),
+              flush=True)
+    return results
+
+
+def main(argv=None, more_features=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="out")
     parser.add_argument("--n", type=int, default=300, help="generated and real images")
     parser.add_argument("--guidance", default="1,2,3,5", help="decoder guidance scales")
     parser.add_argument("--out", default="docs")
-    parser.add_argument("--inception", help="the FID Inception-v3 weights file: adds FID")
     args = parser.parse_args(argv)
-    inception = load_inception(args.inception) if args.inception else None
-    clip_model, prior, decoder, _ = load_unclip(args.models)
-    real = datasets.shapes_data(args.n, decoder.cfg.resolution, seed=1, prefixes=False)
-    prompts = [c[0] for c in datasets.shapes_data(args.n, 32, seed=2, prefixes=False).captions]
-    real_images = real.images.float() / 127.5 - 1
-    real_stats = feature_statistics(clip_features(clip_model, real_images))
-    if inception is not None:
-        real_inception = feature_statistics(inception_features(inception, real_images))
-    results = {}
-    for w in [float(s) for s in args.guidance.split(",")]:
-        torch.manual_seed(0)
-        images = torch.cat([unclip_sample(clip_model, prior, decoder, [], prompts[i:i + 100],
-                                          decoder_guidance=w)[0][-1]
-                            for i in range(0, len(prompts), 100)])
-        fid = frechet_distance(*real_stats, *feature_statistics(clip_features(clip_model, images)))
-        results[w] = {"clip_fid": fid, "exact": datasets.check_images(images, prompts)["exact"]}
-        if inception is not None:
-            results[w]["fid"] = frechet_distance(
-                *real_inception, *feature_statistics(inception_features(inception, images)))
-        print(f"decoder guidance {w}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[w].items()),
-              flush=True)
+    scales = [float(s) for s in args.guidance.split(",")]
+    results = guidance_sweep(args.models, args.n, scales, more_features)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "clip_fid.json"), "w") as f:
-        json.dump({"command": "python evaluate.py " + " ".join(sys.argv[1:]), "n": args.n,
+        json.dump({"command": " ".join(["python"] + sys.argv), "n": args.n,
                    "label": "CLIP-FID (own features; not comparable to published FID)",
                    "decoder_guidance": results}, f, indent=1)
 

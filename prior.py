@@ -115,11 +115,9 @@ class DiffusionPrior(nn.Module):
         b = len(z_t)
         z_t = z_t.repeat_interleave(candidates, 0)                # (B K, D), K candidates
         tokens = tokens.repeat_interleave(candidates, 0)
-        model_fn = lambda x, t: self(x, t, tokens, z_t)           # noqa: E731
-        if guidance_scale != 1.0:
-            model_fn = classifier_free_guidance(
-                lambda x, t, c: self(x, t, *c), (tokens, z_t),
-                (torch.zeros_like(tokens), torch.zeros_like(z_t)), guidance_scale)
+        model_fn = classifier_free_guidance(
+            lambda x, t, c: self(x, t, *c), (tokens, z_t),
+            (torch.zeros_like(tokens), torch.zeros_like(z_t)), guidance_scale)
         z_i = self.diffusion.ddim_sample_loop(model_fn, z_t.shape, steps, device=z_t.device)
         return select_candidates(z_i.view(b, candidates, -1), z_t.view(b, candidates, -1)[:, 0])
 
@@ -215,12 +213,12 @@ class ARPrior(nn.Module):
     def sample(self, z_t, tokens, guidance_scale=1.0, temperature=1.0):
         """(B, D) embeddings, one code at a time; guidance mixes conditional and unconditional
         logits the way classifier-free guidance mixes a diffusion model's outputs."""
+        next_logits = classifier_free_guidance(
+            lambda codes, c: self.logits(codes, *c)[:, -1], (tokens, z_t),
+            (torch.zeros_like(tokens), torch.zeros_like(z_t)), guidance_scale)
         codes = torch.zeros(len(z_t), 0, dtype=torch.long, device=z_t.device)
         for _ in range(self.cfg.pca_dim):
-            logits = self.logits(codes, tokens, z_t)[:, -1]
-            if guidance_scale != 1.0:
-                null = self.logits(codes, torch.zeros_like(tokens), torch.zeros_like(z_t))[:, -1]
-                logits = null + guidance_scale * (logits - null)
+            logits = next_logits(codes)
             next_code = torch.multinomial(F.softmax(logits / temperature, -1), 1)
             codes = torch.cat([codes, next_code], dim=1)
         return self.decode(codes)

@@ -1,4 +1,4 @@
-"""Diffusion upsamplers, and the whole unCLIP cascade (unCLIP section 2.1; GLIDE section 3).
+"""Diffusion upsamplers: a small image in, a larger one out (unCLIP section 2.1; GLIDE section 3).
 
 An upsampler is diffusion.py's U-Net with the low-resolution image, resized to the output size,
 concatenated to its noisy input: it models p(x_high | x_low). The paper's cascade is a 64 px
@@ -13,10 +13,9 @@ Three choices make upsamplers cheap and robust, and the paper makes all three:
     corruption teaches it not to copy their defects.
   - Few sampling steps and no guidance: the low-resolution image already fixes the content.
 
-unclip_sample composes the cascade: caption -> CLIP text embedding -> prior -> image embedding
--> decoder -> upsamplers.
+An upsampler knows nothing of CLIP or captions: unclip.py puts it after the decoder.
 
-Defines: UpsamplerConfig, gaussian_blur, Upsampler (corrupt, loss, sample), unclip_sample.
+Defines: UpsamplerConfig, gaussian_blur, Upsampler (corrupt, condition, loss, sample).
 Run `python upsample.py` to train a small 16 -> 32 upsampler for a minute and compare it with
 bilinear resizing.
 """
@@ -27,7 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clip import normalise_embedding
 from diffusion import UNet, UNetConfig, make_diffusion
 
 
@@ -110,21 +108,6 @@ class Upsampler(nn.Module):
         x = self.diffusion.ddim_sample_loop(lambda x, t: self.unet(torch.cat([x, cond], 1), t),
                                             cond.shape, steps, eta, low.device, noise=noise)
         return x.clamp(-1, 1)
-
-
-@torch.no_grad()
-def unclip_sample(clip, prior, decoder, upsamplers, captions, prior_guidance=1.0,
-                  decoder_guidance=3.0, steps=50, upsampler_steps=10):
-    """Captions -> the images at every resolution of the cascade (a list: the decoder's
-    (B, 3, r, r), then each upsampler's; the last is the final) and the image embeddings the
-    prior chose (B, D)."""
-    z_t, tokens = clip.encode_text(captions, return_tokens=True)
-    z_t = normalise_embedding(z_t)
-    z_i = prior.sample(z_t, tokens, prior_guidance)
-    images = [decoder.sample(z_i, tokens, decoder_guidance, steps)]
-    for upsampler in upsamplers:
-        images.append(upsampler.sample(images[-1], upsampler_steps))
-    return images, z_i
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
-from checkpoint import build_model  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from checkpoint import CLIP_STAGES, build_model, clip_fields, stage_loss  # noqa: E402
 from clip import CLIPConfig  # noqa: E402
 from diffusion import UNet, UNetConfig  # noqa: E402
 
@@ -119,17 +120,30 @@ def cpu_preset_times(models):
     return rows
 
 
+def preset_settings(preset):
+    """{stage: (run, config)} of a GPU preset's stages, as `python train.py --print-settings`
+    resolves them: the main job's four stages, and the class-conditional DDPM on CIFAR-10."""
+    jobs = [["--preset", preset]] + ([["ddpm", "--preset", preset]] if "cifar10" in preset else [])
+    settings = {}
+    for job in jobs:
+        printed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *job,
+                                  "--print-settings"], capture_output=True, text=True, check=True)
+        for line in printed.stdout.splitlines():
+            row = json.loads(line)
+            settings[row["stage"]] = (row["run"], row["config"])
+    return settings
+
+
 def preset_estimates(preset, flops_per_second=100e12):
     """(stage, parameters, training GFLOPs per image, batch, steps, estimated hours) per stage of a
     GPU preset, its models built as train.py builds them and one batch of two random images."""
-    clip_cfg = CLIPConfig(**train.stage_settings("clip", preset)[1])
+    settings = preset_settings(preset)
+    clip_cfg = CLIPConfig(**settings["clip"][1])
     rows = []
-    for stage in train.PRESETS[preset]:
-        if stage == "all":
-            continue
-        run, config = train.stage_settings(stage, preset)
-        if stage in train.CLIP_STAGES:
-            config.update(train.clip_fields(stage, clip_cfg))
+    for stage, (run, config) in settings.items():
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        if stage in CLIP_STAGES:
+            config.update(clip_fields(stage, clip_cfg))
         if stage == "ddpm":
             config["num_classes"] = 10
         torch.manual_seed(0)
@@ -139,8 +153,7 @@ def preset_estimates(preset, flops_per_second=100e12):
         features = [torch.randn(2, clip_cfg.embed_dim), torch.randn(2, clip_cfg.embed_dim),
                     torch.randn(2, clip_cfg.context_length, clip_cfg.text_width)]
         with FlopCounterMode(display=False) as counter:
-            loss, _ = train.compute_loss(stage, model, images, ["a photo of a cat"] * 2, labels,
-                                         features)
+            loss, _ = stage_loss(stage, model, images, ["a photo of a cat"] * 2, labels, features)
             loss.backward()
         per_image = counter.get_total_flops() / 2
         hours = per_image * run["batch_size"] * run["steps"] / flops_per_second / 3600

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import clip  # noqa: E402
 import prior  # noqa: E402
-import sample  # noqa: E402
+import unclip  # noqa: E402
 import vae  # noqa: E402
 from diffusion import (ClassifierConfig, GaussianDiffusion, NoisyClassifier,  # noqa: E402
                        classifier_free_guidance, classifier_guidance, cosine_beta_schedule)
@@ -213,7 +213,7 @@ def check_slerp(answer):
     a, b = torch.randn(8, generator=g), torch.randn(8, generator=g)
     a, b = clip.normalise_embedding(a), clip.normalise_embedding(b)
     theta = torch.linspace(0, 1, 5)
-    return verdict("slerp", answer, sample.slerp(a, b, theta), a, b, theta)
+    return verdict("slerp", answer, unclip.slerp(a, b, theta), a, b, theta)
 
 
 def check_text_diff(answer):
@@ -222,7 +222,7 @@ def check_text_diff(answer):
     g = _inputs()
     z_i, before, after = (clip.normalise_embedding(torch.randn(8, generator=g)) for _ in range(3))
     theta = torch.linspace(0, 0.5, 4)
-    return verdict("text_diff", answer, sample.text_diff(z_i, before, after, theta),
+    return verdict("text_diff", answer, unclip.text_diff(z_i, before, after, theta),
                    z_i, before, after, theta)
 
 

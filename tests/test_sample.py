@@ -65,15 +65,15 @@ FAST = ["--steps", "2", "--upsampler-steps", "2"]
 
 
 def test_text_to_image_writes_a_grid_or_files_named_by_prompt_and_sample(cascade, tmp_path):
-    sample.main(["a small red circle on the left", "--models", str(cascade), "--n", "2",
+    sample.main(["unclip", "a small red circle on the left", "--models", str(cascade), "--n", "2",
                  "--out", str(tmp_path / "grid.png")] + FAST)
     assert Image.open(tmp_path / "grid.png").size[0] > 64
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large blue square at the top\na small red circle above a small "
                        "green triangle\n")
     for prior in ("diffusion", "ar"):
-        sample.main(["--prompts", str(prompts), "--models", str(cascade), "--n", "2", "--prior",
-                     prior, "--out", str(tmp_path / prior)] + FAST)
+        sample.main(["unclip", "--prompts", str(prompts), "--models", str(cascade), "--n", "2",
+                     "--prior", prior, "--out", str(tmp_path / prior)] + FAST)
         names = sorted(os.listdir(tmp_path / prior))
         assert names == ["0000_0.png", "0000_1.png", "0001_0.png", "0001_1.png"]
         assert Image.open(tmp_path / prior / "0001_1.png").size == (64, 64)
@@ -84,29 +84,24 @@ def test_variations_interpolations_and_text_diffs(cascade, tmp_path):
     for i in range(2):
         datasets.save_grid(scenes.batch(torch.tensor([i]))[0], str(tmp_path / f"{i}.png"))
     a, b = str(tmp_path / "0.png"), str(tmp_path / "1.png")
-    for flags, count in [(["--variations", a, "--n", "3"], 4),
-                         (["--interpolate", a, b, "--n", "5"], 5),
-                         (["--text-diff", "a red circle", "a blue circle", a, "--n", "4"], 4)]:
-        out = tmp_path / flags[0].strip("-")
+    for flags, count in [(["variations", a, "--n", "3"], 4),
+                         (["interpolate", a, b, "--n", "5"], 5),
+                         (["text-diff", "a red circle", "a blue circle", a, "--n", "4"], 4)]:
+        out = tmp_path / flags[0]
         sample.main(flags + ["--models", str(cascade), "--out", str(out)] + FAST)
         assert len(os.listdir(out)) == count, flags[0]
 
 
-def test_slerp_stays_on_the_sphere_and_hits_both_ends():
-    a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
-    path = sample.slerp(a, b, torch.linspace(0, 1, 5))
-    assert torch.allclose(path.norm(dim=1), torch.full((5,), 3.0))
-    assert torch.allclose(path[0], a) and torch.allclose(path[-1], b, atol=1e-5)
-    assert torch.allclose(path[2], torch.tensor([3 / 2 ** 0.5, 3 / 2 ** 0.5]))
-
-
 @pytest.mark.parametrize("argv,message", [
-    (["   "], "prompt 0 is empty"),
-    (["x" * 79], "prompt 0 is 79 bytes; this CLIP reads at most 78"),
-    (["--prompts", "MISSING"], "no prompts file at"),
-    (["--variations", "MISSING.png"], "no image at"),
-    (["--variations", "NOT_AN_IMAGE"], "is not an image"),
-    ([], "give a prompt, --prompts FILE"),
+    (["unclip", "   "], "prompt 0 is empty"),
+    (["unclip", "x" * 79], "prompt 0 is 79 bytes; this CLIP reads at most 78"),
+    (["unclip", "--prompts", "MISSING"], "no prompts file at"),
+    (["variations", "MISSING.png"], "no image at"),
+    (["variations", "NOT_AN_IMAGE"], "is not an image"),
+    (["unclip"], "give a prompt or --prompts FILE"),
+    # the spellings before subcommands point to the new ones
+    (["a small red circle"], 'python sample.py unclip "a small red circle"'),
+    (["--variations", "MISSING.png"], "python sample.py variations"),
 ])
 def test_bad_unclip_input_is_one_line(cascade, tmp_path, argv, message, capsys):
     (tmp_path / "notes.png").write_text("not a picture")
@@ -125,15 +120,15 @@ def test_a_retrained_clip_is_caught(cascade, tmp_path, capsys):
     state["model"] = {k: v + 0.01 for k, v in state["model"].items()}
     checkpoint.save_checkpoint(str(tmp_path / "clip.pt"), state)
     with pytest.raises(SystemExit):
-        sample.main(["a small red circle on the left", "--models", str(tmp_path)] + FAST)
+        sample.main(["unclip", "a small red circle on the left", "--models", str(tmp_path)] + FAST)
     assert "was trained with another CLIP" in capsys.readouterr().err
 
 
 def test_sampling_is_reproducible_for_a_seed(cascade, tmp_path):
     def draw(name, seed):
         out = str(tmp_path / f"{name}.png")
-        sample.main(["a large green circle in the center", "--models", str(cascade), "--n", "2",
-                     "--seed", str(seed), "--out", out] + FAST)
+        sample.main(["unclip", "a large green circle in the center", "--models", str(cascade),
+                     "--n", "2", "--seed", str(seed), "--out", out] + FAST)
         return open(out, "rb").read()
     assert draw("a", 7) == draw("b", 7)
     assert draw("a", 7) != draw("c", 8)
@@ -168,6 +163,6 @@ def test_damaged_checkpoints_are_one_line(cascade, tmp_path, damage, message, ca
     path = str(tmp_path / "decoder.pt")
     damage(checkpoint.load_checkpoint(path), path)
     with pytest.raises(SystemExit):
-        sample.main(["a small red circle on the left", "--models", str(tmp_path)] + FAST)
+        sample.main(["unclip", "a small red circle on the left", "--models", str(tmp_path)] + FAST)
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

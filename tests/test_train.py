@@ -87,26 +87,26 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
-    real = train.compute_loss
+    real = train.stage_loss
 
     def poisoned(*args):
         loss, figures = real(*args)
         return (loss * float("nan") if torch.initial_seed() == train.step_seed(5, 4) else loss,
                 figures)
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    monkeypatch.setattr(train, "stage_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"at step 4; the last good checkpoint is .*"
                                                  r"ae.pt \(step 3\)"):
         _run("ae", tmp_path, steps=6)
 
 
 def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch):
-    real, seen = train.compute_loss, []
+    real, seen = train.stage_loss, []
 
     def poisoned(*args):
         loss, figures = real(*args)
         seen.append(1)
         return (loss * float("nan") if len(seen) == 3 else loss), figures
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    monkeypatch.setattr(train, "stage_loss", poisoned)
     run = dict(train.RUN_DEFAULTS, **TINY, steps=6, on_nonfinite="skip")
     train.train("ae", run, dict(channels=8, latent_dim=4, resolution=16), str(tmp_path), seed=5,
                 device="cpu", quiet=True)
@@ -256,13 +256,13 @@ def test_gpu_path_switches_on_for_cuda_only():
 def test_bf16_autocast_branch_trains(tmp_path, monkeypatch):
     # The GPU's mixed-precision branch, run on the CPU: autocast is on in every step, the
     # convolutions compute in bfloat16, and the loss still falls by half in 60 steps.
-    real, seen = train.compute_loss, []
+    real, seen = train.stage_loss, []
 
     def recording(stage, model, images, *args):
         loss, figures = real(stage, model, images, *args)
         seen.append((torch.is_autocast_enabled("cpu"), model.encoder(images).dtype, loss.item()))
         return loss, figures
-    monkeypatch.setattr(train, "compute_loss", recording)
+    monkeypatch.setattr(train, "stage_loss", recording)
     run = dict(train.RUN_DEFAULTS, **TINY, steps=60, lr=3e-3, precision="bf16")
     train.train("ae", run, dict(channels=8, latent_dim=8, resolution=16), str(tmp_path), seed=5,
                 device="cpu", quiet=True)
@@ -272,15 +272,24 @@ def test_bf16_autocast_branch_trains(tmp_path, monkeypatch):
 
 
 def test_gpu_presets_set_each_stage_and_flags_still_win():
-    args = train.argparse.Namespace(preset="gpu-cifar10",
-                                    **{k: None for k in train.RUN_DEFAULTS})
-    run, config = train.resolve_settings("decoder", args, [])
+    run, config = train.resolve_settings("decoder", "gpu-cifar10")
     assert run["data"].startswith("cifar10:") and run["steps"] == 40000
     assert config["channels"] == 128 and config["attention_resolutions"] == (16, 8)
-    run, config = train.resolve_settings("upsampler", args, ["--steps=7"])
+    run, config = train.resolve_settings("upsampler", "gpu-cifar10", ["--steps=7"])
     assert (run["resolution"], config["low_resolution"], run["steps"]) == (64, 32, 7)
-    assert train.resolve_settings("clip", args, [])[1]["embed_dim"] == 256
-    assert train.resolve_settings("ae", args, [])[0]["steps"] == train.RUN_DEFAULTS["steps"]
+    assert train.resolve_settings("clip", "gpu-cifar10")[1]["embed_dim"] == 256
+    assert train.resolve_settings("ae", "gpu-cifar10")[0]["steps"] == train.RUN_DEFAULTS["steps"]
+
+
+def test_cpu_settings_come_from_the_dataclasses(capsys):
+    # The CPU preset adds no model fields (upsampler2 aside): the dataclass defaults are its values.
+    for stage in train.STAGE_RUNS:
+        run, config = train.resolve_settings(stage)
+        assert set(config) <= {"resolution", "low_resolution", "degradation", "channel_mult"}
+    train.main(["ddpm", "--print-settings", "--steps", "9", "--channels=16"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run"]["steps"] == 9 and printed["config"]["channels"] == 16
+    assert printed["run"]["data"] == "shapes:1"
 
 
 def test_gpu_preset_models_build_and_take_a_training_step():
@@ -290,7 +299,7 @@ def test_gpu_preset_models_build_and_take_a_training_step():
     import throughput
     for preset in ("gpu-cifar10", "gpu-coco"):
         rows = throughput.preset_estimates(preset)
-        assert [r[0] for r in rows] == [s for s in train.PRESETS[preset] if s != "all"]
+        assert {r[0] for r in rows} == {s for s in train.PRESETS[preset] if s != "all"}
         assert all(gflops > 0 and hours > 0 for _, _, gflops, _, _, hours in rows)
 
 

@@ -1,0 +1,320 @@
+"""The shapes world: scenes whose every caption word can be checked against the pixels.
+
+The project's built-in data set (its specification: `shapes.md` in the project's shared specs).
+A scene is one object at a position ("a small red circle on the left") or two objects in a
+relation ("a large blue square above a small green triangle"), drawn flat on white. Because the
+vocabulary is closed, a caption can be parsed back into attributes and an image judged against
+it exactly: `check_image` finds the objects by colour and measures their shape, size and place.
+That makes text-to-image quality a number, not an impression.
+
+Defines: the vocabulary (COLOURS, SHAPES, SIZES, POSITIONS, RELATIONS, PREFIXES, HOLDOUT_PAIRS),
+caption_of and one_object_captions (the caption grammar), render, ShapesDataset (scene i is a
+pure function of seed and i), parse_caption, find_objects, check_image, check_images,
+shape_judgements and attribute_entropy (the checker).
+Run `python shapes.py` to draw a grid of scenes with their captions and score the checker on
+1,000 rendered scenes.
+"""
+import itertools
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+# ----------------------------------------------------------------------------------------------
+# The shapes vocabulary (spec: "Vocabulary"). Coordinates live on a 64-pixel canvas.
+
+COLOURS = {
+    "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (235, 210, 40),
+    "green": (40, 170, 70), "blue": (40, 90, 220), "purple": (150, 60, 190),
+}
+SHAPES = ("circle", "square", "triangle")  # the class label is the index of object A's shape
+SIZES = {"small": 16, "large": 28}
+POSITIONS = {  # position phrase -> anchor centre
+    "on the left": (16, 32), "on the right": (48, 32), "at the top": (32, 16),
+    "at the bottom": (32, 48), "in the center": (32, 32),
+}
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+PREFIXES = ("", "a picture of ", "an image of ", "a drawing of ")
+HOLDOUT_PAIRS = {("green", "triangle"), ("purple", "circle"), ("orange", "square")}
+CANVAS, JITTER = 64, 3
+
+
+def _object(rng, colour):
+    return {"shape": SHAPES[rng.integers(3)], "colour": colour,
+            "size": ("small", "large")[rng.integers(2)]}
+
+
+def _place(obj, anchor, rng):
+    """Jitter an anchor by +-3 px (uniform) and clamp so the object stays on the canvas."""
+    half = SIZES[obj["size"]] / 2
+    x, y = (a + rng.uniform(-JITTER, JITTER) for a in anchor)
+    obj["centre"] = (float(np.clip(x, half, CANVAS - half)), float(np.clip(y, half, CANVAS - half)))
+    return obj
+
+
+def _random_scene(rng):
+    colour_names = list(COLOURS)
+    if rng.integers(2) == 0:  # one object, half the scenes
+        obj = _object(rng, colour_names[rng.integers(6)])
+        position = list(POSITIONS)[rng.integers(5)]
+        return {"objects": [_place(obj, POSITIONS[position], rng)], "position": position}
+    colour_a, colour_b = rng.choice(6, size=2, replace=False)  # two different colours
+    a, b = _object(rng, colour_names[colour_a]), _object(rng, colour_names[colour_b])
+    relation = RELATIONS[rng.integers(4)]
+    first, second = {"to the left of": ((16, 32), (48, 32)),
+                     "to the right of": ((48, 32), (16, 32)),
+                     "above": ((32, 16), (32, 48)), "below": ((32, 48), (32, 16))}[relation]
+    return {"objects": [_place(a, first, rng), _place(b, second, rng)], "relation": relation}
+
+
+def _in_split(scene, split):
+    held = any((o["colour"], o["shape"]) in HOLDOUT_PAIRS for o in scene["objects"])
+    return {None: True, "train": not held, "holdout": held}[split]
+
+
+def caption_of(attributes):
+    """The canonical caption (no prefix) of a scene's attributes."""
+    def name(o):
+        return f"a {o['size']} {o['colour']} {o['shape']}"
+    objs = attributes["objects"]
+    if len(objs) == 1:
+        return f"{name(objs[0])} {attributes['position']}"
+    return f"{name(objs[0])} {attributes['relation']} {name(objs[1])}"
+
+
+def one_object_captions(**fixed):
+    """Every canonical one-object caption that agrees with the fixed attributes, e.g.
+    one_object_captions(colour="red") -> the 30 captions of red objects."""
+    choices = dict(size=SIZES, colour=COLOURS, shape=SHAPES, position=POSITIONS)
+    choices.update({k: [v] for k, v in fixed.items()})
+    return [f"a {s} {c} {sh} {p}" for s, c, sh, p in itertools.product(
+        choices["size"], choices["colour"], choices["shape"], choices["position"])]
+
+
+def render(attributes, resolution=32):
+    """Draw a scene: at 4x for anti-aliasing, box-filtered down; below 64 px from the 64 px image.
+
+    Returns a uint8 array (H, W, 3)."""
+    draw_res = max(resolution, CANVAS)
+    scale = 4 * draw_res / CANVAS  # canvas pixels -> drawing pixels
+    img = Image.new("RGB", (4 * draw_res,) * 2, (255, 255, 255))
+    pen = ImageDraw.Draw(img)
+    for o in attributes["objects"]:
+        (cx, cy), h = o["centre"], SIZES[o["size"]] / 2
+        # PIL's boxes include their far edge: stop one drawing pixel short so the extent is exact.
+        box = [(cx - h) * scale, (cy - h) * scale, (cx + h) * scale - 1, (cy + h) * scale - 1]
+        colour = COLOURS[o["colour"]]
+        if o["shape"] == "circle":
+            pen.ellipse(box, fill=colour)
+        elif o["shape"] == "square":
+            pen.rectangle(box, fill=colour)
+        else:  # isosceles, apex up, base = height
+            pen.polygon([(cx * scale, box[1]), (box[2], box[3]), (box[0], box[3])], fill=colour)
+    img = img.resize((draw_res,) * 2, Image.BOX)
+    if resolution < draw_res:
+        img = img.resize((resolution,) * 2, Image.BOX)
+    return np.array(img)
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """n captioned scenes; item i is a pure function of (seed, i, split).
+
+    split: None (all colour-shape pairs), "train" (never a HOLDOUT_PAIRS pair) or "holdout" (at
+    least one). prefixes=True puts one of PREFIXES (uniformly) before the caption, for training.
+    objects=1 or 2 keeps only scenes with that many objects (a filtered view of the spec's mix).
+    """
+
+    def __init__(self, n, resolution=32, seed=0, split=None, prefixes=False, objects=None):
+        if split not in (None, "train", "holdout"):
+            raise ValueError(f"split must be None, 'train' or 'holdout', got {split!r}")
+        if resolution < 8 or resolution & (resolution - 1):
+            raise ValueError(f"shapes resolution must be a power of two >= 8, got {resolution}")
+        if objects not in (None, 1, 2):
+            raise ValueError(f"objects must be None (both), 1 or 2, got {objects!r}")
+        self.n, self.resolution, self.seed, self.split, self.prefixes, self.objects = (
+            n, resolution, seed, split, prefixes, objects)
+
+    def __len__(self):
+        return self.n
+
+    def attributes(self, i):
+        # A generator of its own, seeded from (seed, i): never the global random state.
+        rng = np.random.default_rng([self.seed, i, 0 if self.split is None else len(self.split)])
+        while True:  # rejection keeps the distribution within the split uniform
+            scene = _random_scene(rng)
+            count_ok = self.objects in (None, len(scene["objects"]))
+            if count_ok and _in_split(scene, self.split):
+                prefix = PREFIXES[rng.integers(4)] if self.prefixes else ""
+                return scene, prefix
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        scene, prefix = self.attributes(i)
+        image = torch.from_numpy(render(scene, self.resolution)).permute(2, 0, 1)  # (3, H, W)
+        return {"image": image.float() / 127.5 - 1, "caption": prefix + caption_of(scene),
+                "attributes": scene, "label": SHAPES.index(scene["objects"][0]["shape"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# The caption checker: judge an image against a canonical caption, attribute by attribute.
+
+def parse_caption(caption):
+    """Canonical caption -> {"objects": [{size, colour, shape}, ...], "position" | "relation"}."""
+    words = caption.strip().lower()
+    for prefix in PREFIXES[1:]:
+        words = words[len(prefix):] if words.startswith(prefix) else words
+
+    def obj(text):
+        parts = text.split()
+        if (len(parts) != 4 or parts[0] != "a" or parts[1] not in SIZES
+                or parts[2] not in COLOURS or parts[3] not in SHAPES):
+            raise ValueError(f"not a shapes caption: {caption!r} (expected e.g. "
+                             "'a small red circle on the left')")
+        return {"size": parts[1], "colour": parts[2], "shape": parts[3]}
+
+    for relation in RELATIONS:
+        if f" {relation} a " in words:
+            a, b = words.split(f" {relation} ", 1)
+            return {"objects": [obj(a), obj(b)], "relation": relation}
+    for position in POSITIONS:
+        if words.endswith(" " + position):
+            return {"objects": [obj(words[: -len(position) - 1])], "position": position}
+    raise ValueError(f"not a shapes caption: {caption!r} (no position or relation phrase)")
+
+
+def find_objects(image):
+    """Detect flat-coloured objects on white: one per palette colour present.
+
+    A pixel p is read as a blend a * c + (1 - a) * white of the nearest palette colour c, so the
+    anti-aliased edges count fractionally. Returns a list of dicts with colour, shape, size and
+    centre (canvas coordinates, i.e. scaled to 64 px)."""
+    x = image.float() if image.dtype == torch.uint8 else (image.float().clamp(-1, 1) + 1) * 127.5
+    res = x.shape[-1]
+    d = (255 - x).reshape(3, -1).T.double()                                 # (HW, 3) ink
+    e = 255 - torch.tensor(list(COLOURS.values()), dtype=torch.float64)      # (6, 3)
+    a = (d @ e.T / (e * e).sum(1)).clamp(0, 1)                               # (HW, 6) coverage
+    residual = (d[:, None, :] - a[:, :, None] * e[None]).norm(dim=-1)        # (HW, 6)
+    best = residual.argmin(1)
+    coverage = a.gather(1, best[:, None])[:, 0]
+    coverage[(residual.min(1).values > 60) | (d.norm(dim=1) < 40)] = 0  # not ink of our palette
+    min_area = 0.3 * (SIZES["small"] * res / CANVAS) ** 2 * 0.5  # 30% of a small triangle
+    objects = []
+    for k, colour in enumerate(COLOURS):
+        cov = torch.where(best == k, coverage, 0.0).reshape(res, res)       # (H, W)
+        area = cov.sum().item()
+        if area < min_area:
+            continue
+        cols, rows = cov.max(0).values, cov.max(1).values  # soft extent along x and y
+        width, height = cols.sum().item(), rows.sum().item()
+        grid = torch.arange(res, dtype=torch.float64) + 0.5
+        cx, cy = (cols * grid).sum().item() / width, (rows * grid).sum().item() / height
+        fill = area / max(width * height, 1e-9)
+        upper = cov[grid[:, None].expand(res, res) < cy].sum().item() / area  # mass above centre
+        shape = "triangle" if upper < 0.37 else ("square" if fill > 0.89 else "circle")
+        s = CANVAS / res
+        objects.append({"colour": colour, "shape": shape, "area": area,
+                        "size": "large" if (width + height) / 2 * s > 22 else "small",
+                        "centre": (cx * s, cy * s)})
+    return objects
+
+
+def _position_of(centre):
+    return min(POSITIONS, key=lambda p: math.dist(POSITIONS[p], centre))
+
+
+def _relation_of(a, b):
+    dx, dy = b["centre"][0] - a["centre"][0], b["centre"][1] - a["centre"][1]
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx > 0 else "to the right of"
+    return "above" if dy > 0 else "below"
+
+
+def check_image(image, caption):
+    """Judge one image (3, H, W; uint8 or [-1, 1]) against one canonical caption.
+
+    Returns {attribute: bool}: colour/shape/size of each named object (a_colour, b_shape, ...),
+    position (one object) or relation (two objects), no_stray (no other object), and exact (all)."""
+    want = parse_caption(caption)
+    found = find_objects(image)
+    n = len(want["objects"])
+    best = None
+    # Match detected objects to named ones by the assignment that agrees on most attributes.
+    for order in itertools.permutations(found, min(n, len(found))):
+        order = list(order)
+        result = {}
+        for name, w, f in zip("ab", want["objects"], order + [None] * (n - len(order))):
+            for key in ("colour", "shape", "size"):
+                result[f"{name}_{key}"] = f is not None and f[key] == w[key]
+        if n == 1:
+            result["position"] = (bool(order)
+                                  and _position_of(order[0]["centre"]) == want["position"])
+        else:
+            result["relation"] = (len(order) == 2
+                                  and _relation_of(order[0], order[1]) == want["relation"])
+        if best is None or sum(result.values()) > sum(best.values()):
+            best = result
+    best["no_stray"] = len(found) == n
+    best["exact"] = all(best.values())
+    return best
+
+
+def check_images(images, captions):
+    """Summary over many: exact-match and per-attribute rates, one- and two-object prompts apart."""
+    groups = {"one": [], "two": []}
+    for image, caption in zip(images, captions):
+        result = check_image(image, caption)
+        groups["one" if "position" in result else "two"].append(result)
+    summary = {}
+    for group, results in groups.items():
+        if results:
+            summary[group] = {key: sum(r[key] for r in results) / len(results)
+                              for key in results[0]}
+            summary[group]["n"] = len(results)
+    everything = groups["one"] + groups["two"]
+    summary["exact"] = sum(r["exact"] for r in everything) / max(len(everything), 1)
+    return summary
+
+
+def shape_judgements(images, shapes):
+    """For class-conditional samples: per image, the attributes of the single object found
+    (None when there is not exactly one) and whether its shape is the requested one."""
+    found = [find_objects(image) for image in images]
+    objects = [objs[0] if len(objs) == 1 else None for objs in found]
+    return objects, [o is not None and o["shape"] == s for o, s in zip(objects, shapes)]
+
+
+def attribute_entropy(objects):
+    """Diversity of single-object samples: the summed entropies (bits) of their colour, size and
+    position. Uniform attributes give log2(6) + 1 + log2(5) = 5.9 bits; one fixed scene gives 0."""
+    objects = [o for o in objects if o is not None]
+    total = 0.0
+    for key in ("colour", "size", "position"):
+        values = [_position_of(o["centre"]) if key == "position" else o[key] for o in objects]
+        for v in set(values):
+            p = values.count(v) / len(values)
+            total -= p * math.log2(p)
+    return total
+
+
+if __name__ == "__main__":
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dataset = ShapesDataset(16, resolution=64, seed=0)
+    fig, axes = plt.subplots(4, 4, figsize=(12, 13))
+    for ax, item in zip(axes.flat, dataset):
+        ax.imshow((item["image"].permute(1, 2, 0) + 1) / 2)
+        ax.set_title(item["caption"].replace(" a ", "\na ", 1), fontsize=8)
+        ax.axis("off")
+    os.makedirs("out", exist_ok=True)
+    fig.savefig("out/shapes.png", dpi=80, bbox_inches="tight")
+    for res in (32, 64):
+        dataset = ShapesDataset(1000, resolution=res, seed=1)
+        scenes = [dataset.attributes(i)[0] for i in range(len(dataset))]
+        images = torch.from_numpy(np.stack([render(s, res) for s in scenes])).permute(0, 3, 1, 2)
+        summary = check_images(images, [caption_of(s) for s in scenes])
+        print(f"checker on 1000 rendered scenes at {res} px: exact match {summary['exact']:.3f}")
+    print("wrote out/shapes.png")

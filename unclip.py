@@ -1,0 +1,92 @@
+"""unCLIP: text to image through CLIP's latents (Ramesh et al. 2022, arXiv 2204.06125, Fig. 2).
+
+The paper's cascade, as code. A caption y goes through four trained models:
+    y -> CLIP text encoder -> z_t                          (clip.py, frozen)
+      -> prior P(z_i | y)   -> z_i, a CLIP image embedding (prior.py, section 2.2)
+      -> decoder P(x | z_i, y) -> a small image            (decoder.py, section 2.1)
+      -> upsamplers         -> the final image             (upsample.py, section 2.1)
+so that P(x | y) = P(x | z_i, y) P(z_i | y)                (unCLIP eq. 1).
+
+Because the decoder inverts CLIP's image embedding, the embedding itself becomes a handle on
+images, with no caption at all (section 3):
+  - variations (Fig. 3): decode one image's z_i several times; what CLIP keeps stays, the rest
+    (what CLIP ignores) varies;
+  - interpolations (Fig. 4): slerp between two images' z_i, decoding each with the same noise;
+  - text diffs (Fig. 5): rotate an image's z_i towards the difference of two captions' z_t.
+
+Defines: unclip_sample (text -> images at every resolution), decode (image embeddings ->
+images), slerp, text_diff.
+Run `python unclip.py` after `python train.py` to draw a few prompts with the trained cascade.
+"""
+import torch
+import torch.nn.functional as F
+
+from clip import normalise_embedding
+
+
+@torch.no_grad()
+def unclip_sample(clip, prior, decoder, upsamplers, captions, prior_guidance=1.0,
+                  decoder_guidance=3.0, steps=50, upsampler_steps=10):
+    """Captions -> the images at every resolution of the cascade (a list: the decoder's
+    (B, 3, r, r), then each upsampler's; the last is the final) and the image embeddings the
+    prior chose (B, D)."""
+    z_t, tokens = clip.encode_text(captions, return_tokens=True)
+    z_t = normalise_embedding(z_t)
+    z_i = prior.sample(z_t, tokens, prior_guidance)
+    images = [decoder.sample(z_i, tokens, decoder_guidance, steps)]
+    for upsampler in upsamplers:
+        images.append(upsampler.sample(images[-1], upsampler_steps))
+    return images, z_i
+
+
+@torch.no_grad()
+def decode(clip, decoder, upsamplers, z_i, decoder_guidance=3.0, steps=50, upsampler_steps=10,
+           same_noise=False):
+    """Image embeddings (B, D) alone (no caption) -> final images, through the decoder and the
+    upsamplers. With same_noise, every image starts from one x_T: only the embedding differs."""
+    def noise(resolution):
+        x_T = torch.randn(1 if same_noise else len(z_i), 3, resolution, resolution)
+        return x_T.to(z_i.device).expand(len(z_i), -1, -1, -1)
+    # No caption: zeros, the decoder's "not given", as many tokens as in training.
+    tokens = torch.zeros(len(z_i), clip.cfg.context_length, decoder.cfg.text_width,
+                         device=z_i.device)
+    images = decoder.sample(z_i, tokens, decoder_guidance, steps,
+                            noise=noise(decoder.cfg.resolution))
+    for upsampler in upsamplers:
+        images = upsampler.sample(images, upsampler_steps, noise=noise(upsampler.cfg.resolution))
+    return images
+
+
+def slerp(a, b, theta):
+    """Spherical interpolation between (D,) vectors a and b at fractions theta (K,) -> (K, D),
+    on the sphere of their (common) norm."""
+    a_unit, b_unit = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    omega = torch.acos((a_unit @ b_unit).clamp(-1 + 1e-7, 1 - 1e-7))
+    theta = theta[:, None]
+    unit = (torch.sin((1 - theta) * omega) * a_unit + torch.sin(theta * omega) * b_unit) \
+        / torch.sin(omega)
+    return unit * a.norm()
+
+
+def text_diff(z_i, z_t_before, z_t_after, theta):
+    """unCLIP Fig. 5: rotate an image embedding z_i (D,) towards the normalised difference of two
+    captions' text embeddings, z_d = norm(z_t_after - z_t_before), by slerp at fractions theta."""
+    return slerp(z_i, normalise_embedding(z_t_after - z_t_before), theta)
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+
+    import data as datasets
+    from checkpoint import load_unclip
+    if not os.path.exists("out/upsampler.pt"):
+        sys.exit("no trained cascade in out/: run `python train.py` first (about 20 minutes)")
+    clip_model, prior, decoder, upsamplers = load_unclip("out")
+    prompts = ["a large red circle in the center", "a small blue square at the top",
+               "a large green triangle to the left of a small yellow circle"]
+    torch.manual_seed(0)
+    stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers,
+                              [p for p in prompts for _ in range(4)])
+    datasets.save_grid(stages[-1], "out/unclip_demo.png", nrow=4, scale=2)
+    print("wrote out/unclip_demo.png: one row of four samples per prompt:\n" + "\n".join(prompts))
