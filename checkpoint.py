@@ -57,10 +57,13 @@ def build_model(stage, config):
     return cls(config_cls(**config))
 
 
-def check_resumable(state, path, config, clip_model=None):
-    """Refuse, in one line, to continue a checkpoint with other model settings or another CLIP."""
-    if state["config"] != config:
-        diff = sorted(k for k in config if state["config"].get(k) != config[k])
+def check_resumable(state, path, settings, clip_model=None):
+    """Refuse, in one line, to continue a checkpoint with other settings (model fields, run
+    settings and seed in one dict; a run may be continued to more steps) or another CLIP."""
+    saved = dict(state["config"], **state["run"], seed=state["seed"])
+    diff = sorted(k for k in settings if k not in ("steps", "checkpoint_every")
+                  and saved.get(k) != settings[k])
+    if diff:
         raise CheckpointError(f"{path} was trained with other settings ({', '.join(diff)}); "
                               "resume with the same flags or choose another --out")
     if clip_model is not None and state.get("clip") != fingerprint(clip_model):
@@ -111,11 +114,11 @@ def load_checkpoint(path, stage=None):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train it first (python train.py "
                               f"{stage or 'STAGE'}) or pass the right path")
-    try:
+    try:  # weights_only: tensors and plain data; a pickled object is refused, never run
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint of this project; "
-                              "delete it and train again") from None
+        raise CheckpointError(f"{path} is truncated or not a checkpoint of this project (or holds "
+                              "pickled objects, which are not loaded); train it again") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format "
                               f"{state.get('format') if isinstance(state, dict) else None!r})")

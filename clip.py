@@ -220,6 +220,7 @@ def normalise_embedding(z):
 def clip_embeddings(clip_model, images, captions):
     """What the prior and the decoder see of a batch: normalised z_i (B, D) and z_t (B, D), and
     the caption's token features (B, L, W). Images larger than CLIP's are box-downsampled."""
+    images = images.to(clip_model.logit_scale.device)  # a batch may come from the CPU
     if images.shape[-1] != clip_model.cfg.resolution:
         images = F.interpolate(images, size=clip_model.cfg.resolution, mode="area")
     z_t, tokens = clip_model.encode_text(captions, return_tokens=True)

@@ -653,6 +653,6 @@ if __name__ == "__main__":
         ax.set_aspect("equal")
     os.makedirs("out", exist_ok=True)
     fig.savefig("out/diffusion_demo.png", dpi=80, bbox_inches="tight")
-    for (title, points) in panels[2:]:
+    for (title, points) in panels[1:]:
         print(f"{title}: {(points[:, 0] < 0).float().mean():.0%} on the left, class 0's side")
     print("wrote out/diffusion_demo.png")

@@ -48,6 +48,7 @@ RUN_DEFAULTS = dict(
     precision="auto",      # auto: bf16 autocast on a GPU, float32 elsewhere; or "bf16", "fp32"
     compile=False,         # torch.compile the loss (a GPU's speed-up; minutes of compiling)
 )
+CHOICES = dict(on_nonfinite=("stop", "skip"), precision=("auto", "bf16", "fp32"))
 # The CPU preset: each stage's run on shapes, unCLIP's four sized to train in about 20 minutes on
 # 2 cores. The DDPM learns one-object scenes (so "the requested shape" is unambiguous); upsampler2
 # is the upsampler set up as the paper's second, harsher one.
@@ -131,6 +132,12 @@ def resolve_settings(stage, preset="cpu", flags=(), ignore_unknown=False):
         except ValueError as e:
             raise ValueError(f"--{key}: {e}") from None
     run = {k: settings.get(k, v) for k, v in RUN_DEFAULTS.items()}
+    for key, allowed in CHOICES.items():
+        if run[key] not in allowed:
+            raise ValueError(f"--{key}={run[key]}: choose from {', '.join(allowed)}")
+    for key in ("steps", "batch_size", "n_train", "warmup", "checkpoint_every"):
+        if run[key] < 1:
+            raise ValueError(f"--{key}={run[key]}: must be at least 1")
     config = {k: v for k, v in settings.items() if k in fields}
     if "resolution" in fields:
         config["resolution"] = run["resolution"]
@@ -230,7 +237,7 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
     ema = EMA(model, run["ema_decay"]) if run["ema_decay"] > 0 else None
     start = 0
     if state is not None:  # continue it, after checking it is the same run
-        check_resumable(state, path, config, clip_model)
+        check_resumable(state, path, dict(config, **run, seed=seed), clip_model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -257,18 +264,20 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
             group["lr"] = run["lr"] * min(1.0, (step + 1) / run["warmup"])
         with autocast:
             loss, figures = loss_function(stage, model, *batch)
-        if torch.isfinite(loss):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run["grad_clip"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run["grad_clip"])
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
             optimizer.step()
             if ema is not None:
                 ema.update(model, step)
             log.write(json.dumps(dict(figures, step=step, loss=loss.item())) + "\n")
-        elif run["on_nonfinite"] == "stop":  # "skip" goes on, and still checkpoints
+        elif run["on_nonfinite"] == "stop":  # "skip" leaves the weights and goes on
+            what = f"loss is {loss.item()}" if not torch.isfinite(loss) else (
+                f"gradient norm is {grad_norm.item()}")
             saved = f"{path} (step {last_saved})" if os.path.exists(path) else "none yet"
             raise FloatingPointError(
-                f"loss is {loss.item()} at step {step}; the last good checkpoint is {saved}. "
+                f"{what} at step {step}; the last good checkpoint is {saved}. "
                 "Lower --lr=, or pass --on_nonfinite=skip")
         if (step + 1) % 10 == 0:
             rate = 10 * run["batch_size"] / (time.time() - tic)

@@ -184,6 +184,8 @@ if __name__ == "__main__":
         loss, figures = model.loss(x)
         opt.zero_grad()
         loss.backward()
+        # As train.py does: without it, this demo's loss turned NaN between steps 200 and 300.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 100 == 0:
             print(f"step {step}: {figures['bpd']:.3f} bits/dim ({time.time() - start:.0f}s)")

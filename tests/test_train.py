@@ -99,20 +99,49 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
         _run("ae", tmp_path, steps=6)
 
 
-def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch):
+def _poison(monkeypatch, calls, gradient_only=False):
+    """Make the loss of the given calls (1, 2, ...) non-finite, or, with gradient_only, keep its
+    value finite and make its gradient NaN; returns the list of calls seen."""
     real, seen = train.stage_loss, []
 
-    def poisoned(*args):
-        loss, figures = real(*args)
+    def poisoned(stage, model, *args):
+        loss, figures = real(stage, model, *args)
         seen.append(1)
-        return (loss * float("nan") if len(seen) == 3 else loss), figures
+        if len(seen) in calls:
+            # sqrt at 0: the value 0, the gradient 0 * inf = NaN
+            bad = (0 * next(model.parameters()).sum()).sqrt()
+            loss = loss + bad if gradient_only else loss * float("nan")
+        return loss, figures
     monkeypatch.setattr(train, "stage_loss", poisoned)
+    return seen
+
+
+@pytest.mark.parametrize("poisoned_step", [3, 6])  # 6: the last step, which must still save
+def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch, poisoned_step):
+    seen = _poison(monkeypatch, {poisoned_step})
     run = dict(train.RUN_DEFAULTS, **TINY, steps=6, on_nonfinite="skip")
     train.train("ae", run, dict(channels=8, latent_dim=4, resolution=16), str(tmp_path), seed=5,
                 device="cpu", quiet=True)
     state = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))
     assert state["step"] == 6 and len(seen) == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+def test_nonfinite_gradients_are_caught_like_a_nonfinite_loss(tmp_path, monkeypatch,
+                                                               on_nonfinite):
+    _poison(monkeypatch, {5}, gradient_only=True)
+    run = dict(train.RUN_DEFAULTS, **TINY, steps=6, on_nonfinite=on_nonfinite)
+    settings = ("ae", run, dict(channels=8, latent_dim=4, resolution=16), str(tmp_path))
+    if on_nonfinite == "stop":
+        with pytest.raises(FloatingPointError, match="gradient norm is nan at step 4"):
+            train.train(*settings, seed=5, device="cpu", quiet=True)
+        return
+    train.train(*settings, seed=5, device="cpu", quiet=True)
+    state = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))
+    assert state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in state["optimizer"]["state"][0].values())
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -127,6 +156,10 @@ def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch):
     (["upsampler", "--degradation=jpeg", "--steps", "1"], "degradation must be 'blur' or"),
     (["clip", "--patch_size=5", "--steps", "1"], "patch_size 5 must divide resolution 32"),
     (["ar_prior", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/clip.pt"),
+    (["ae", "--precision=fp16"], "--precision=fp16: choose from auto, bf16, fp32"),
+    (["ae", "--on_nonfinite=skpi"], "--on_nonfinite=skpi: choose from stop, skip"),
+    (["ae", "--steps", "abc"], "--steps: invalid literal for int()"),
+    (["ae", "--batch_size=0"], "--batch_size=0: must be at least 1"),
 ])
 def test_command_line_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -328,3 +361,55 @@ def test_data_moves_to_the_gpu_only_when_it_fits(monkeypatch):
         new_cache = train.data_to_device(data, list(cache), meta)
         assert data.images.is_meta == moved
         assert all(f.is_meta == moved for f in new_cache)
+
+
+@pytest.mark.parametrize("change,named", [(["--lr=0.01"], "lr"), (["--seed", "1"], "seed"),
+                                          (["--batch-size", "8"], "batch_size"),
+                                          (["--latent_dim=8"], "latent_dim")])
+def test_resume_refuses_other_run_settings_in_one_line(tmp_path, capsys, change, named):
+    args = ["ae", "--out", str(tmp_path), "--steps", "2", "--resolution", "16", "--batch-size",
+            "4", "--n_train=16", "--channels=8", "--latent_dim=4", "--quiet", "--no-eval"]
+    train.main(args)
+    train.main(args + ["--resume", "--steps", "3"])  # the same run, continued: accepted
+    with pytest.raises(SystemExit):
+        train.main(args + ["--resume", "--steps", "4"] + change)
+    err = capsys.readouterr().err
+    assert f"was trained with other settings ({named})" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["step"] == 3
+
+
+class _Exploit:  # what a malicious checkpoint would carry: unpickling it would run code
+    def __reduce__(self):
+        return (open, ("/tmp/unclip-weights-only-was-bypassed", "w"))
+
+
+def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path):
+    marker = "/tmp/unclip-weights-only-was-bypassed"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = str(tmp_path / "ae.pt")
+    torch.save({"format": checkpoint.FORMAT, "stage": "ae", "payload": _Exploit()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="holds pickled objects"):
+        checkpoint.load_checkpoint(path, "ae")
+    assert not os.path.exists(marker)
+
+
+def test_batches_and_clip_features_follow_the_model_device():
+    # The "meta" device stands in for a GPU: whatever reaches the model must be on its device,
+    # from an in-memory CPU data set, with CLIP's features cached on the CPU or computed.
+    import clip
+    import data as datasets
+    meta = torch.device("meta")
+    data = datasets.shapes_data(8, 16, seed=0)
+    clip_model = clip.CLIP(clip.CLIPConfig(resolution=16, embed_dim=8, text_width=16,
+                                           vision_width=16, text_layers=1, vision_layers=1))
+    cache = train.cache_clip_embeddings(clip_model, data)
+    clip_model.to(meta)
+    index = torch.arange(4)
+    for features_from in (cache, None):
+        images, _, labels, features = train.load_batch(data, index, meta, torch.contiguous_format,
+                                                       clip_model, features_from)
+        assert images.is_meta and labels.is_meta and all(f.is_meta for f in features)
+    z_i, z_t, tokens = clip.clip_embeddings(clip_model, data.batch(index)[0], ["a"] * 4)
+    assert z_i.is_meta and z_t.is_meta and tokens.is_meta

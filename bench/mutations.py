@@ -1,0 +1,82 @@
+"""Mutation testing, small: break the code on purpose and check that the named tests go red.
+
+    python bench/mutations.py            # every mutation; about 4 minutes on 2 cores
+    python bench/mutations.py resume     # only those whose name contains "resume"
+
+Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
+catch), in a copy of the repository, and runs the tests that claim it. "killed" means they
+failed, as they should; "survived" means the suite cannot see that bug. The last line is the
+score, killed/total, so the suite's strength is a number.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, file, the right code, the bug, the tests that must catch it)
+MUTATIONS = [
+    ("skip-step-loses-last-checkpoint", "train.py",
+     'elif run["on_nonfinite"] == "stop":  # "skip" leaves the weights and goes on',
+     'elif run["on_nonfinite"] == "skip":\n            continue\n        else:',
+     "tests/test_train.py -k can_skip"),
+    ("nonfinite-gradient-applied", "train.py",
+     "if torch.isfinite(loss) and torch.isfinite(grad_norm):", "if torch.isfinite(loss):",
+     "tests/test_train.py -k nonfinite_gradients"),
+    ("unknown-choice-accepted", "train.py", "        if run[key] not in allowed:",
+     "        if False:", "tests/test_train.py -k command_line_errors"),
+    ("resume-ignores-run-settings", "train.py",
+     "check_resumable(state, path, dict(config, **run, seed=seed), clip_model)",
+     "check_resumable(state, path, config, clip_model)",
+     "tests/test_train.py -k refuses_other_run_settings"),
+    ("pickled-objects-loaded", "checkpoint.py",
+     'torch.load(path, map_location="cpu", weights_only=True)',
+     'torch.load(path, map_location="cpu", weights_only=False)',
+     "tests/test_train.py -k pickled_object"),
+    ("clip-input-left-on-cpu", "clip.py",
+     "    images = images.to(clip_model.logit_scale.device)  # a batch may come from the CPU\n",
+     "", "tests/test_train.py -k follow_the_model_device"),
+    ("import-up-the-ladder", "clip.py", "import torch.nn.functional as F\n",
+     "import torch.nn.functional as F\nimport data  # noqa: F401\n", "tests/test_imports.py"),
+    ("import-circle-through-a-function", "data.py", 'def load_data(spec, resolution=32',
+     'def _circle():\n    import evaluate  # noqa: F401\n\n\ndef load_data(spec, resolution=32',
+     "tests/test_imports.py -k circle"),
+    ("notebook-imports-train", "notebooks/exercises.py", "import clip  # noqa: E402\n",
+     "import clip  # noqa: E402\nimport train  # noqa: E402,F401\n",
+     "tests/test_imports.py -k command_lines"),
+]
+
+
+def run(name, path, right, wrong, tests):
+    """Apply one mutation in a copy of the repository and run its tests: True if killed."""
+    with tempfile.TemporaryDirectory() as copy:
+        shutil.copytree(ROOT, copy, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".git", "out", "runs", "data", "__pycache__"))
+        with open(os.path.join(copy, path)) as f:
+            text = f.read()
+        if text.count(right) != 1:
+            raise SystemExit(f"{name}: the code to mutate is not in {path} exactly once: "
+                             "update the mutation to match the code")
+        with open(os.path.join(copy, path), "w") as f:
+            f.write(text.replace(right, wrong))
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                               "no:cacheprovider", *tests.split()], cwd=copy,
+                              capture_output=True, text=True)
+        return done.returncode != 0
+
+
+def main():
+    chosen = [m for m in MUTATIONS if len(sys.argv) < 2 or sys.argv[1] in m[0]]
+    killed = 0
+    for mutation in chosen:
+        result = run(*mutation)
+        killed += result
+        print(f"{'killed  ' if result else 'SURVIVED'} {mutation[0]}  ({mutation[4]})",
+              flush=True)
+    print(f"{killed}/{len(chosen)} mutations killed")
+
+
+if __name__ == "__main__":
+    main()
