@@ -38,6 +38,44 @@ MUTATIONS = [
     ("clip-input-left-on-cpu", "clip.py",
      "    images = images.to(clip_model.logit_scale.device)  # a batch may come from the CPU\n",
      "", "tests/test_train.py -k follow_the_model_device"),
+    ("codebook-loss-moves-the-encoder", "vqvae.py",
+     "codebook = F.mse_loss(z_q, z_e.detach())", "codebook = F.mse_loss(z_q.detach(), z_e)",
+     "tests/test_vqvae.py -k codebook_and_commitment"),
+    ("no-reparameterisation", "vae.py",
+     "z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)", "z = mean",
+     "tests/test_vae.py -k reparameterised"),
+    ("fid-commuting-formula", "evaluate.py",
+     "cross = torch.linalg.eigvalsh(root_1 @ sigma_2 @ root_1).clamp(min=0).sqrt().sum()",
+     "cross = (root_1 @ _sqrtm_psd(sigma_2)).trace()", "tests/test_evaluate.py"),
+    ("v-consistently-negated", "diffusion.py",
+     """        return (extract(self.sqrt_alphas_cumprod, t, x0) * eps
+                - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def x0_from_v(self, x_t, t, v):
+        return (extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)""",
+     """        return -(extract(self.sqrt_alphas_cumprod, t, x0) * eps
+                 - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def x0_from_v(self, x_t, t, v):
+        return (extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)""",
+     "tests/test_diffusion.py -k v_is_the_published"),
+    ("ddim-eta-zero-draws-noise", "diffusion.py", "sigma = eta * ((1 - abar_prev)",
+     "sigma = (eta + 0.01) * ((1 - abar_prev)", "tests/test_diffusion.py -k deterministic"),
+    ("no-label-dropout-in-ddpm-loss", "diffusion.py",
+     "            y = drop_labels(y, self.cfg.p_uncond, self.cfg.num_classes)\n",
+     "            pass\n", "tests/test_diffusion.py -k label_dropout"),
+    ("decoder-caption-before-embedding", "decoder.py",
+     "return torch.cat([extra, self.caption_proj(tokens)], dim=1)",
+     "return torch.cat([self.caption_proj(tokens), extra], dim=1)",
+     "tests/test_decoder.py -k context_is"),
+    ("decoder-ignores-embedding-vector", "decoder.py",
+     "return self.unet(x_t, t, embedding=z_i,", "return self.unet(x_t, t, embedding=0 * z_i,",
+     "tests/test_decoder.py -k context_is"),
+    ("harsh-degradation-not-quantised", "upsample.py",
+     "            low = torch.round((low.clamp(-1, 1) + 1) / 2 * levels) / levels * 2 - 1\n",
+     "", "tests/test_upsample.py -k harsh"),
     ("import-up-the-ladder", "clip.py", "import torch.nn.functional as F\n",
      "import torch.nn.functional as F\nimport data  # noqa: F401\n", "tests/test_imports.py"),
     ("import-circle-through-a-function", "data.py", 'def load_data(spec, resolution=32',

@@ -11,11 +11,19 @@ TINY = dict(resolution=16, channels=16, channel_mult=(1, 2), num_res_blocks=1,
 
 def test_context_is_four_embedding_tokens_then_the_caption():
     model = Decoder(DecoderConfig(**TINY))
-    context = model.context(torch.randn(2, 8), torch.randn(2, 7, 4))
+    z_i, tokens = torch.randn(2, 8), torch.randn(2, 7, 4)
+    context = model.context(z_i, tokens)
     assert context.shape == (2, 4 + 7, 16)
-    out = model(torch.randn(2, 3, 16, 16), torch.tensor([3, 40]), torch.randn(2, 8),
-                torch.randn(2, 7, 4))
+    assert torch.equal(context[:, :4], model.embedding_proj(z_i).view(2, 4, 16))
+    assert torch.equal(context[:, 4:], model.caption_proj(tokens))
+    # z_i reaches the U-Net both ways: added to the timestep embedding, and as context tokens
+    seen = {}
+    model.unet.vector_embed.register_forward_hook(lambda m, args, out: seen.update(vector=args[0]))
+    attention = next(m for m in model.unet.modules() if type(m).__name__ == "AttentionBlock")
+    attention.register_forward_hook(lambda m, args, out: seen.update(context=args[1]))
+    out = model(torch.randn(2, 3, 16, 16), torch.tensor([3, 40]), z_i, tokens)
     assert out.shape == (2, 3, 16, 16)
+    assert torch.equal(seen["vector"], z_i) and torch.equal(seen["context"], context)
 
 
 def test_embedding_and_caption_are_dropped_at_the_configured_rates():

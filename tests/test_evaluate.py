@@ -33,3 +33,17 @@ def test_rotated_covariances_and_sampled_features():
     y = (torch.randn(n, 4, generator=g, dtype=torch.float64) * b.sqrt() + mu_2) @ q.T
     sampled = frechet_distance(*feature_statistics(x), *feature_statistics(y))
     assert abs(sampled - exact) < 0.05 * exact
+
+
+def test_covariances_that_do_not_commute_match_the_eigenvalues_of_their_product():
+    # Tr((S_1 S_2)^(1/2)) is the sum of the square roots of the eigenvalues of S_1 S_2 (real and
+    # non-negative for positive definite S_1, S_2), which differs from Tr(S_1^(1/2) S_2^(1/2))
+    # unless the two commute; random covariances in 5 dimensions do not.
+    g = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(5, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    s_1, s_2 = a @ a.T + 0.1 * torch.eye(5), b @ b.T + 0.1 * torch.eye(5)
+    assert not torch.allclose(s_1 @ s_2, s_2 @ s_1)
+    mu_1, mu_2 = torch.zeros(5).double(), torch.full((5,), 0.5).double()
+    cross = torch.linalg.eigvals(s_1 @ s_2).real.clamp(min=0).sqrt().sum()
+    expected = (mu_1 - mu_2).pow(2).sum() + s_1.trace() + s_2.trace() - 2 * cross
+    assert abs(frechet_distance(mu_1, s_1, mu_2, s_2) - expected.item()) < 1e-8

@@ -34,7 +34,12 @@ def test_codebook_and_commitment_losses():
     e = vq.codebook[codes].permute(0, 3, 1, 2)
     assert torch.allclose(codebook, F.mse_loss(e, z_e))
     assert torch.allclose(commitment, F.mse_loss(z_e, e))
-    commitment.backward()  # the commitment term moves the encoder, not the codes
+    # The two are equal numbers (MSE is symmetric): what tells them apart is where each sends
+    # its gradient. The codebook term moves the codes and not the encoder ...
+    codebook.backward(retain_graph=True)
+    assert z_e.grad is None and vq.codebook.grad.abs().sum() > 0
+    vq.codebook.grad = None
+    commitment.backward()  # ... and the commitment term moves the encoder, not the codes
     assert vq.codebook.grad is None and z_e.grad.abs().sum() > 0
 
 
