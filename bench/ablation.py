@@ -5,7 +5,7 @@ shows decoding PCA reconstructions of the image embedding. The paper's numbering
 
     python bench/ablation.py --models out --out docs
 
-Fig. 8: one decoder, several ways to condition it on held-out prompts, all scored by data.py's
+Fig. 8: one decoder, several ways to condition it on held-out prompts, all scored by shapes.py's
 checker at the decoder's resolution (exact match on one- and two-object prompts apart):
   - caption only, the image embedding zeroed (a GLIDE-like model; the decoder saw this case in
     5% of its training steps: embedding dropped 10% times caption kept 50%);
@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data as datasets  # noqa: E402
+import shapes  # noqa: E402
 from checkpoint import load_unclip  # noqa: E402
 from clip import normalise_embedding  # noqa: E402
 
@@ -39,7 +40,7 @@ from clip import normalise_embedding  # noqa: E402
 def score(images, captions):
     """Exact match on one- and two-object prompts, and every attribute's rate on the latter
     (which part of a two-object prompt fails)."""
-    summary = datasets.check_images(images.cpu(), captions)
+    summary = shapes.check_images(images.cpu(), captions)
     return {"exact_one": summary["one"]["exact"], "exact_two": summary["two"]["exact"],
             "exact": summary["exact"],
             "two_object_attributes": {k: round(v, 3) for k, v in summary["two"].items()

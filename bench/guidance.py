@@ -3,7 +3,7 @@
     python bench/guidance.py --ddpm out/ddpm.pt --classifier out/classifier.pt --out docs
 
 For each guidance scale, samples `--per-class` images of each shape class and judges them with
-data.py's checker: fidelity is the share whose single object has the requested shape (also split
+shapes.py's checker: fidelity is the share whose single object has the requested shape (also split
 into the share showing exactly one clean object, and the right-shape rate among those), diversity
 the summed entropy (bits) of the colour, size and position of those objects. Classifier-free
 guidance varies w (0: unconditional, 1: conditional); classifier guidance varies the gradient
@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data as datasets  # noqa: E402
+import shapes  # noqa: E402
 from diffusion import classifier_guidance  # noqa: E402
 from checkpoint import load_checkpoint, restore_model  # noqa: E402
 
@@ -28,12 +29,12 @@ def judge(model, y, seed, **sampling):
     torch.manual_seed(seed)
     tic = time.time()
     images = model.sample(len(y), y, **sampling)
-    objects, right = datasets.shape_judgements(images, [datasets.SHAPES[i] for i in y.tolist()])
+    objects, right = shapes.shape_judgements(images, [shapes.SHAPES[i] for i in y.tolist()])
     single = sum(o is not None for o in objects)
     return {"shape_accuracy": sum(right) / len(right),
             "one_object": single / len(objects),
             "shape_given_one_object": sum(right) / max(single, 1),
-            "attribute_entropy_bits": datasets.attribute_entropy(objects),
+            "attribute_entropy_bits": shapes.attribute_entropy(objects),
             "seconds": round(time.time() - tic, 1)}, images
 
 

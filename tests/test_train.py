@@ -13,6 +13,8 @@ import checkpoint
 import train
 
 TINY = dict(resolution=16, n_train=64, batch_size=8, warmup=2, checkpoint_every=3)
+TINY_RUN = ["--steps", "1", "--n_train=16", "--resolution", "16", "--channels=8", "--no-eval",
+            "--out", "/tmp/unclip-tests-should-not-train"]
 
 
 def _run(stage, out, steps, resume=False, **config):
@@ -156,10 +158,11 @@ def test_nonfinite_gradients_are_caught_like_a_nonfinite_loss(tmp_path, monkeypa
     (["upsampler", "--degradation=jpeg", "--steps", "1"], "degradation must be 'blur' or"),
     (["clip", "--patch_size=5", "--steps", "1"], "patch_size 5 must divide resolution 32"),
     (["ar_prior", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/clip.pt"),
-    (["ae", "--precision=fp16"], "--precision=fp16: choose from auto, bf16, fp32"),
-    (["ae", "--on_nonfinite=skpi"], "--on_nonfinite=skpi: choose from stop, skip"),
+    # (a tiny run, so that a check that lets these through fails fast instead of training)
+    (["ae", "--precision=fp16"] + TINY_RUN, "--precision=fp16: choose from auto, bf16, fp32"),
+    (["ae", "--on_nonfinite=skpi"] + TINY_RUN, "--on_nonfinite=skpi: choose from stop, skip"),
     (["ae", "--steps", "abc"], "--steps: invalid literal for int()"),
-    (["ae", "--batch_size=0"], "--batch_size=0: must be at least 1"),
+    (["ae", "--batch_size=0"] + TINY_RUN, "--batch_size=0: must be at least 1"),
 ])
 def test_command_line_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
