@@ -265,8 +265,8 @@ def evaluate_unclip(out, device, n=48):
     samples and the prompts it shows."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
     data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
-    shapes = data.startswith("shapes")
-    if shapes:
+    on_shapes = data.startswith("shapes")
+    if on_shapes:
         prompts = held_out_prompts(n)
     else:  # the first caption of 2n held-out images
         test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, 1, "test")
@@ -277,12 +277,12 @@ def evaluate_unclip(out, device, n=48):
     for images in stages:
         res = images.shape[-1]
         figures.update({f"{k}_{res}px": v for k, v in exact_match(images, prompts).items()})
-        if not shapes:
+        if not on_shapes:
             real = datasets.load_data(data, res, 2 * n, 1, "test").images[:2 * n] / 127.5 - 1
             figures[f"clip_fid_{res}px"] = frechet_distance(
                 *feature_statistics(clip_features(clip_model, real)),
                 *feature_statistics(clip_features(clip_model, images)))
-    shown = (list(range(8)) + list(range(n, n + 8)) if shapes  # one-object, two-object
+    shown = (list(range(8)) + list(range(n, n + 8)) if on_shapes  # one-object, two-object
              else list(range(min(16, len(prompts)))))
     datasets.save_grid(stages[-1][shown].cpu(), os.path.join(out, "unclip_samples.png"),
                        nrow=8, scale=2)

@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 18 mutations; about 2 minutes on 2 cores
+    python bench/mutations.py            # all 19 mutations; about 2 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -76,6 +76,10 @@ MUTATIONS = [
     ("harsh-degradation-not-quantised", "upsample.py",
      "            low = torch.round((low.clamp(-1, 1) + 1) / 2 * levels) / levels * 2 - 1\n",
      "", "tests/test_upsample.py -k harsh"),
+    ("cascade-scored-on-other-prompts", "evaluate.py",
+     "figures.update({f\"{k}_{res}px\": v for k, v in exact_match(images, prompts).items()})",
+     "figures.update({f\"{k}_{res}px\": v for k, v in exact_match(images, prompts[::-1]).items()})",
+     "tests/test_evaluate.py -k scored_on_its_own"),
     ("import-up-the-ladder", "clip.py", "import torch.nn.functional as F\n",
      "import torch.nn.functional as F\nimport data  # noqa: F401\n", "tests/test_imports.py"),
     ("import-circle-through-a-function", "data.py", 'def load_data(spec, resolution=32',

@@ -1,6 +1,10 @@
 """evaluate.py: the Frechet distance against its closed forms."""
+import json
+
 import torch
 
+import data as datasets
+import evaluate
 from evaluate import feature_statistics, frechet_distance
 
 
@@ -47,3 +51,18 @@ def test_covariances_that_do_not_commute_match_the_eigenvalues_of_their_product(
     cross = torch.linalg.eigvals(s_1 @ s_2).real.clamp(min=0).sqrt().sum()
     expected = (mu_1 - mu_2).pow(2).sum() + s_1.trace() + s_2.trace() - 2 * cross
     assert abs(frechet_distance(mu_1, s_1, mu_2, s_2) - expected.item()) < 1e-8
+
+
+def test_the_cascade_is_scored_on_its_own_prompts(cascade, tmp_path, monkeypatch):
+    # With a "cascade" that draws each held-out prompt's true scene, the main job's score must be
+    # the checker's on ground truth (>= 0.97); with the pictures shifted by one prompt, near 0.
+    scenes = {res: torch.cat([datasets.shapes_data(8, res, 1, "train", False, objects=k).images
+                              for k in (1, 2)]).float() / 127.5 - 1 for res in (32, 64)}
+    for shift, low, high in [(0, 0.97, 1.0), (1, 0.0, 0.3)]:
+        monkeypatch.setattr(evaluate, "unclip_sample", lambda *args, **kwargs: (
+            [scenes[32].roll(shift, 0), scenes[64].roll(shift, 0)], None))
+        figures = evaluate.evaluate_unclip(str(cascade), "cpu", n=8)
+        for key in ("exact_one_32px", "exact_two_32px", "exact_one_64px", "exact_two_64px"):
+            assert low <= figures[key] <= high, (shift, key, figures)
+    with open(cascade / "unclip_metrics.json") as f:  # what the main job itself wrote
+        assert set(figures) <= set(json.load(f))
