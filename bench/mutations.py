@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 19 mutations; about 2 minutes on 2 cores
+    python bench/mutations.py            # all 22 mutations; about 2 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -31,6 +31,9 @@ MUTATIONS = [
      "check_resumable(state, path, dict(config, **run, seed=seed), clip_model)",
      "check_resumable(state, path, config, clip_model)",
      "tests/test_train.py -k refuses_other_run_settings"),
+    ("resume-restarts-the-ema", "train.py",
+     '            ema.model.load_state_dict(state["ema"])\n', "            pass\n",
+     "tests/test_train.py -k ema_that_reads_clip"),
     ("pickled-objects-loaded", "checkpoint.py",
      'torch.load(path, map_location="cpu", weights_only=True)',
      'torch.load(path, map_location="cpu", weights_only=False)',
@@ -80,6 +83,14 @@ MUTATIONS = [
      "figures.update({f\"{k}_{res}px\": v for k, v in exact_match(images, prompts).items()})",
      "figures.update({f\"{k}_{res}px\": v for k, v in exact_match(images, prompts[::-1]).items()})",
      "tests/test_evaluate.py -k scored_on_its_own"),
+    ("classifier-guidance-towards-another-class", "diffusion.py",
+     "selected = log_probs[torch.arange(len(y)), y].sum()",
+     "selected = log_probs[torch.arange(len(y)), (y + 1) % log_probs.shape[1]].sum()",
+     "tests/test_diffusion.py -k noisy_classifier"),
+    ("clip-fid-of-the-real-images-alone", "evaluate.py",
+     "*feature_statistics(clip_features(clip_model, images)))",
+     "*feature_statistics(clip_features(clip_model, real)))",
+     "tests/test_train.py -k clip_fid"),
     ("import-up-the-ladder", "clip.py", "import torch.nn.functional as F\n",
      "import torch.nn.functional as F\nimport data  # noqa: F401\n", "tests/test_imports.py"),
     ("import-circle-through-a-function", "data.py", 'def load_data(spec, resolution=32',

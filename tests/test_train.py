@@ -339,17 +339,30 @@ def test_gpu_preset_models_build_and_take_a_training_step():
         assert all(gflops > 0 and hours > 0 for _, _, gflops, _, _, hours in rows)
 
 
-def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path):
+def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path, monkeypatch):
     # CIFAR-10's captions ("a photo of a cat") are not shapes captions: the cascade is scored by
     # CLIP-FID against held-out images at each resolution instead of exact match.
+    import data as datasets
+    import evaluate
     from test_data import _tiny_cifar
     from conftest import TINY_CASCADE
     _, archive = _tiny_cifar(str(tmp_path))
-    train.main(["--out", str(tmp_path / "out"), "--data", f"cifar10:{archive}"] + TINY_CASCADE)
+    out = str(tmp_path / "out")
+    train.main(["--out", out, "--data", f"cifar10:{archive}"] + TINY_CASCADE)
     with open(tmp_path / "out" / "unclip_metrics.json") as f:
         figures = json.load(f)
-    assert figures["clip_fid_32px"] > 0 and figures["clip_fid_64px"] > 0
+    assert {"clip_fid_32px", "clip_fid_64px"} <= set(figures)
     assert not any(k.startswith("exact") for k in figures)
+    # A cascade that returned the held-out images themselves would be at distance 0; one that
+    # returned their negatives, far from it.
+    real = {res: datasets.load_data(f"cifar10:{archive}", res, 96, 1, "test").images / 127.5 - 1
+            for res in (32, 64)}
+    for sign, near_zero in [(1, True), (-1, False)]:
+        monkeypatch.setattr(evaluate, "unclip_sample", lambda *args, **kwargs: (
+            [sign * real[32], sign * real[64]], None))
+        figures = evaluate.evaluate_unclip(out, "cpu")
+        for key in ("clip_fid_32px", "clip_fid_64px"):
+            assert (figures[key] < 1e-6) == near_zero, (sign, key, figures)
 
 
 def test_data_moves_to_the_gpu_only_when_it_fits(monkeypatch):
@@ -416,3 +429,24 @@ def test_batches_and_clip_features_follow_the_model_device():
         assert images.is_meta and labels.is_meta and all(f.is_meta for f in features)
     z_i, z_t, tokens = clip.clip_embeddings(clip_model, data.batch(index)[0], ["a"] * 4)
     assert z_i.is_meta and z_t.is_meta and tokens.is_meta
+
+
+def test_resume_is_exact_for_a_stage_with_an_ema_that_reads_clip(tmp_path):
+    # The decoder keeps an EMA and reads CLIP's cached features: both must resume exactly.
+    tiny = ["--steps", "2", "--batch-size", "4", "--n_train=16", "--warmup=1", "--quiet",
+            "--no-eval", "--embed_dim=8", "--text_width=16", "--text_layers=1", "--text_heads=2",
+            "--vision_width=16", "--vision_layers=1", "--vision_heads=2"]
+    decoder = ["--batch-size", "4", "--n_train=16", "--warmup=1", "--quiet", "--no-eval",
+               "--channels=8", "--channel_mult=1,2", "--num_heads=2", "--context_dim=8",
+               "--timesteps=20", "--checkpoint_every=2"]
+    for folder in ("straight", "resumed"):
+        train.main(["clip", "--out", str(tmp_path / folder)] + tiny)
+    train.main(["decoder", "--out", str(tmp_path / "straight"), "--steps", "4"] + decoder)
+    train.main(["decoder", "--out", str(tmp_path / "resumed"), "--steps", "2"] + decoder)
+    train.main(["decoder", "--out", str(tmp_path / "resumed"), "--steps", "4", "--resume"]
+               + decoder)
+    a, b = (checkpoint.load_checkpoint(str(tmp_path / f / "decoder.pt"))
+            for f in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 4 and a["ema"] is not None
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
