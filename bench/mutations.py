@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 22 mutations; about 2 minutes on 2 cores
+    python bench/mutations.py            # all 24 mutations; about 2 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -91,6 +91,14 @@ MUTATIONS = [
      "*feature_statistics(clip_features(clip_model, images)))",
      "*feature_statistics(clip_features(clip_model, real)))",
      "tests/test_train.py -k clip_fid"),
+    ("variations-share-one-noise", "sample.py",
+     "images = decode(clip_model, decoder, upsamplers, z_i.expand(args.n, -1), **draw)",
+     "images = decode(clip_model, decoder, upsamplers, z_i.expand(args.n, -1), same_noise=True,"
+     " **draw)", "tests/test_sample.py -k variations_interpolations"),
+    ("interpolation-draws-fresh-noise", "unclip.py",
+     "x_T = torch.randn(1 if same_noise else len(z_i), 3, resolution, resolution)",
+     "x_T = torch.randn(len(z_i), 3, resolution, resolution)",
+     "tests/test_sample.py -k variations_interpolations"),
     ("import-up-the-ladder", "clip.py", "import torch.nn.functional as F\n",
      "import torch.nn.functional as F\nimport data  # noqa: F401\n", "tests/test_imports.py"),
     ("import-circle-through-a-function", "data.py", 'def load_data(spec, resolution=32',

@@ -3,6 +3,7 @@ text diffs; one-line errors for bad input."""
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -90,6 +91,17 @@ def test_variations_interpolations_and_text_diffs(cascade, tmp_path):
         out = tmp_path / flags[0]
         sample.main(flags + ["--models", str(cascade), "--out", str(out)] + FAST)
         assert len(os.listdir(out)) == count, flags[0]
+    # Variations decode one embedding from fresh noise each; interpolations and text diffs start
+    # every image from one x_T, so that only the embedding changes along the row (in this tiny
+    # cascade, which has barely learnt to read the embedding, the pictures come out the same).
+    def pictures(job):
+        return [np.asarray(Image.open(tmp_path / job / name), dtype=float)
+                for name in sorted(os.listdir(tmp_path / job))]
+    variations = pictures("variations")[1:]  # the first is the input
+    assert all(np.abs(a - b).mean() > 1 for a, b in zip(variations, variations[1:]))
+    for job in ("interpolate", "text-diff"):
+        row = pictures(job)
+        assert all(np.abs(a - b).mean() < 1 for a, b in zip(row, row[1:])), job
 
 
 @pytest.mark.parametrize("argv,message", [
