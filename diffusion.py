@@ -429,11 +429,9 @@ class UNet(nn.Module):
 class DDPMConfig(UNetConfig):
     timesteps: int = 1000
     schedule: str = "cosine"    # "linear" or "cosine"
-    prediction: str = "v"       # "eps", "x0" or "v". v, because with eps a short run's x_0
-                                # estimate at high noise, (x_t - sqrt(1 - abar) eps) / sqrt(abar)
-                                # with abar ~ 0, is so unreliable that DDIM fixes a wrong
-                                # background colour in its first steps (measured: 10% right
-                                # shapes after 1,500 steps with eps)
+    prediction: str = "v"       # "eps", "x0" or "v"; v: eps's x_0 = (x_t - sqrt(1 - abar) eps)
+                                # / sqrt(abar) fails at high noise (abar ~ 0) in short runs
+                                # (measured: 10% right shapes after 1,500 steps with eps)
     clip_x0: str = "clip"       # "none", "clip" or "dynamic" thresholding of predicted x_0
     p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
 

@@ -179,8 +179,7 @@ def evaluate_prior(model, clip_model, test_data, n=200):
     """Mean cosine between the embedding sampled for a held-out caption and its image's true
     embedding; baselines: the caption's text embedding, and another image's embedding."""
     images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
-    device = clip_model.logit_scale.device
-    z_i, z_t, tokens = clip_embeddings(clip_model, images.to(device), captions)
+    z_i, z_t, tokens = clip_embeddings(clip_model, images, captions)
     sampled = model.sample(z_t, tokens)
     return {"cosine_sample_image": F.cosine_similarity(sampled, z_i).mean().item(),
             "cosine_text_image": F.cosine_similarity(z_t, z_i).mean().item(),
@@ -191,7 +190,7 @@ def evaluate_decoder(model, clip_model, test_data, out, n=64, guidance_scale=3.0
     """Decode held-out images from their own image embedding and caption: the exact-match rate
     the cascade could reach with a perfect prior."""
     images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
-    z_i, _, tokens = clip_embeddings(clip_model, images.to(clip_model.logit_scale.device), captions)
+    z_i, _, tokens = clip_embeddings(clip_model, images, captions)
     decoded = model.sample(z_i, tokens, guidance_scale)
     datasets.save_grid(torch.cat([images[:16], decoded[:16].cpu()]),
                        os.path.join(out, "decoder_samples.png"), nrow=16, scale=3)

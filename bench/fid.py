@@ -11,6 +11,7 @@ downloaded: pass the file you have.
 prints, per decoder guidance scale, FID and CLIP-FID of unCLIP's samples against held-out shapes
 scenes (evaluate.guidance_sweep) and writes docs/clip_fid.json.
 """
+import argparse
 import os
 import sys
 
@@ -174,13 +175,11 @@ def inception_features(model, images, chunk=50):
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="FID and CLIP-FID against decoder guidance")
+    parser.add_argument("--inception", required=True, help="the FID Inception-v3 weights file")
+    args, rest = parser.parse_known_args()  # the rest are evaluate.py's flags
     try:
-        args = sys.argv[1:]
-        if "--inception" not in args or args.index("--inception") + 1 >= len(args):
-            raise ValueError("pass --inception PATH: the FID Inception-v3 weights file")
-        k = args.index("--inception")
-        model = load_inception(args[k + 1])
-        evaluate.main(args[:k] + args[k + 2:],
-                      more_features={"fid": lambda x: inception_features(model, x)})
+        model = load_inception(args.inception)
+        evaluate.main(rest, more_features={"fid": lambda x: inception_features(model, x)})
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

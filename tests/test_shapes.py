@@ -11,6 +11,7 @@ import torch
 
 import data
 import shapes
+from test_clip import _random_text
 from shapes import (COLOURS, HOLDOUT_PAIRS, POSITIONS, SIZES, ShapesDataset, check_image,
                     check_images, render)
 
@@ -73,7 +74,7 @@ def _digest(n):
 
 
 def test_shapes_deterministic_across_processes():
-    code = ("import sys; sys.path.insert(0, '.'); from tests.test_shapes import _digest; "
+    code = ("import sys; sys.path[:0] = ['.', 'tests']; from test_shapes import _digest; "
             "print(_digest(20))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     other = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
@@ -126,12 +127,6 @@ def test_checker_catches_each_wrong_attribute():
 def test_checker_rejects_non_captions():
     with pytest.raises(ValueError, match="not a shapes caption"):
         check_image(torch.zeros(3, 32, 32), "a photo of a dog")
-
-
-def _random_text(rng, max_len=120):
-    """Any code points, lone surrogates included (what pasting from anywhere can produce)."""
-    return "".join(chr(rng.randint(1, 0x10FFFF)) if rng.random() < 0.3 else
-                   chr(rng.randint(32, 126)) for _ in range(rng.randint(0, max_len)))
 
 
 def test_checker_fuzz_only_raises_its_documented_error():
