@@ -7,14 +7,16 @@ checkpoint whole, and read with torch.load(weights_only=True), so a downloaded f
 code. Loading checks the format and stage and says what is wrong in one line.
 
 Defines: model_class, build_model, clip_fields and stage_loss (the one place that maps a stage
-to its model and to what its loss takes), save_checkpoint, load_checkpoint, check_resumable,
-restore_model, fingerprint, load_clip (frozen, optionally checked against a fingerprint),
-load_unclip (the whole cascade, checked), and pick_device (CUDA, then MPS, then CPU).
+to its model and to what its loss takes), clip_targets (CLIP's foils and keys on shapes),
+save_checkpoint, load_checkpoint, check_resumable, restore_model, fingerprint, load_clip (frozen,
+optionally checked against a fingerprint), load_unclip (the whole cascade, checked),
+pick_device (CUDA, then MPS, then CPU) and native_bf16.
 """
 import os
 
 import torch
 
+import shapes
 from clip import CLIP, CLIPConfig
 from decoder import Decoder, DecoderConfig
 from diffusion import DDPM, ClassifierConfig, DDPMConfig, NoisyClassifier
@@ -59,10 +61,11 @@ def build_model(stage, config):
 
 def check_resumable(state, path, settings, clip_model=None):
     """Refuse, in one line, to continue a checkpoint with other settings (model fields, run
-    settings and seed in one dict; a run may be continued to more steps) or another CLIP."""
+    settings and seed in one dict; a run may be continued to more steps, unless its learning
+    rate decays to zero at the last) or another CLIP."""
     saved = dict(state["config"], **state["run"], seed=state["seed"])
-    diff = sorted(k for k in settings if k not in ("steps", "checkpoint_every")
-                  and saved.get(k) != settings[k])
+    free = ["checkpoint_every"] + ["steps"] * (settings.get("lr_schedule") != "cosine")
+    diff = sorted(k for k in settings if k not in free and saved.get(k) != settings[k])
     if diff:
         raise CheckpointError(f"{path} was trained with other settings ({', '.join(diff)}); "
                               "resume with the same flags or choose another --out")
@@ -87,10 +90,30 @@ def stage_loss(stage, model, images, captions, labels, clip_features=None):
             return model.loss(images, z_i, tokens)
         return model.loss(z_i, z_t, tokens)
     if stage == "clip":
-        return model.loss(images, captions)
+        return model.loss(images, captions, *clip_targets(captions, model.cfg.hard_negatives))
     if stage == "classifier" or (stage == "ddpm" and model.cfg.num_classes):
         return model.loss(images, labels)
     return model.loss(images)
+
+
+def clip_targets(captions, hard_negatives):
+    """(foils, keys) for CLIP's loss on a batch. On shapes: what each caption describes
+    (shapes.scene_key: "a picture of a X below a Y" and "a Y above a X" describe one scene, so
+    neither is the other's negative) and up to hard_negatives minimal foils of each two-object
+    caption, drawn at random, none describing an image of the batch. Other data: no foils, and
+    the captions themselves as keys."""
+    try:
+        keys = [shapes.scene_key(c) for c in captions]
+    except ValueError:
+        return (), None
+    foils, described = [], set(keys)
+    for caption, key in zip(captions, keys):
+        if hard_negatives and "relation" in shapes.parse_caption(key):
+            options = [f for f in shapes.minimal_foils(caption).values()
+                       if shapes.scene_key(f) not in described]
+            order = torch.randperm(len(options)).tolist()  # the step's seed: resume is exact
+            foils += [options[i] for i in order[:hard_negatives]]
+    return foils, keys
 
 
 def save_checkpoint(path, state):
@@ -193,3 +216,16 @@ def pick_device(name):
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def native_bf16(device):
+    """Whether a device computes in bfloat16 natively: a CUDA GPU, or a CPU with the avx512_bf16
+    or amx_bf16 flags of /proc/cpuinfo (elsewhere bf16 is emulated, and slower than fp32)."""
+    if device.type != "cpu":
+        return device.type == "cuda"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags

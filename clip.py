@@ -7,19 +7,25 @@ and the loss is the cross-entropy of picking the right caption for each image an
 image for each caption, averaged (the symmetric InfoNCE loss). logit_scale starts at log(1/0.07)
 and is clamped at log(100) so that the logits cannot grow without bound.
 
-The text encoder is a causal transformer over the tokenizer's bytes; its feature at the
-end-of-text token, layer-normed and projected, is the text embedding. The image encoder is a
-small ViT (patches, a class token, pre-norm blocks) or a small convolutional network. Once
-trained, CLIP is frozen: DALL-E 2's prior maps its text embeddings to its image embeddings, and
-its decoder inverts the image embeddings.
+The text encoder is a causal transformer over the caption's tokens (bytes, or the words of a
+closed vocabulary); its feature at the end-of-text token, layer-normed and projected, is the
+text embedding. The image encoder is a small ViT (patches, a class token, pre-norm blocks) or a
+small convolutional network. Once trained, CLIP is frozen: DALL-E 2's prior maps its text
+embeddings to its image embeddings, and its decoder inverts the image embeddings.
+
+CLIP trained on captions alone tends to learn a bag of words: "a red circle left of a blue
+square" and "a blue circle left of a red square" get one embedding, and unCLIP then draws the
+colours on the wrong objects (the paper's limitations section). Two things make ours bind: an
+image encoder that keeps where each feature is (ConvEncoder), and hard negatives in the loss,
+captions one edit away from the truth (NegCLIP: Yuksekgonul et al. 2023).
 
 Zero-shot classification embeds one prompt per class (or averages many: prompt ensembling) and
 picks the class whose embedding is nearest the image's.
 
-Defines: ByteTokenizer, CLIPConfig, Block (the pre-norm transformer block, reused by prior.py),
-TextEncoder, ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), contrastive_loss,
-normalise_embedding and clip_embeddings (what the prior and decoder see), zero_shot_weights,
-recall_at_k and retrieval. Needs torch only.
+Defines: ByteTokenizer, WordTokenizer, caption_vocabulary, CLIPConfig, Block (the pre-norm
+transformer block, reused by prior.py), TextEncoder, ViTEncoder, ConvEncoder, CLIP
+(encode_text, encode_image, loss), contrastive_loss, normalise_embedding and clip_embeddings
+(what the prior and decoder see), zero_shot_weights, recall_at_k and retrieval. Needs torch.
 Run `python clip.py` to train a small CLIP on shapes for a minute and print its retrieval.
 """
 import math
@@ -32,22 +38,27 @@ import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------------------------
-# The tokenizer: UTF-8 bytes, so no text is ever out of vocabulary.
+# Tokenizers: UTF-8 bytes (no text is ever out of vocabulary), or the words of a closed vocabulary.
 
 class ByteTokenizer:
     """Bytes 0..255, then start-of-text, end-of-text and padding; a fixed context length.
 
     Text longer than the context is truncated (with a warning) so the end token always fits."""
+    unit = "bytes"
 
     def __init__(self, context_length=80):
         self.context_length = context_length
         self.sot, self.eot, self.pad = 256, 257, 258
         self.vocab_size = 259
 
+    def split(self, text):
+        return list(text.encode("utf-8", errors="replace"))  # a lone surrogate becomes "?"
+
     def encode(self, text):
-        body = list(text.encode("utf-8", errors="replace"))  # a lone surrogate becomes "?"
+        body = self.split(text)
         if len(body) > self.context_length - 2:
-            warnings.warn(f"caption truncated to {self.context_length - 2} bytes: {text[:40]!r}...")
+            warnings.warn(f"caption truncated to {self.context_length - 2} {self.unit}: "
+                          f"{text[:40]!r}...")
             body = body[: self.context_length - 2]
         tokens = [self.sot] + body + [self.eot]
         return tokens + [self.pad] * (self.context_length - len(tokens))
@@ -61,14 +72,49 @@ class ByteTokenizer:
         return bytes(body).decode("utf-8", errors="replace")
 
 
+class WordTokenizer(ByteTokenizer):
+    """The words of a closed vocabulary (those of the training captions), then start-of-text,
+    end-of-text and padding; encode and __call__ as for bytes. A shapes caption is then at most
+    17 tokens instead of 78 bytes, so the text transformer, the prior and the decoder's attention
+    read sequences a quarter as long. A word outside the vocabulary is an error, not a guess:
+    open-vocabulary data keeps bytes."""
+    unit = "words"
+
+    def __init__(self, vocabulary, context_length=24):
+        self.vocabulary, self.context_length = tuple(vocabulary), context_length
+        self.index = {word: i for i, word in enumerate(self.vocabulary)}
+        self.sot, self.eot, self.pad = range(len(self.vocabulary), len(self.vocabulary) + 3)
+        self.vocab_size = len(self.vocabulary) + 3
+
+    def split(self, text):
+        words = text.lower().split()
+        for word in words:
+            if word not in self.index:
+                raise ValueError(f"{word!r} is not one of the {len(self.vocabulary)} words this "
+                                 f"CLIP was trained on ({' '.join(self.vocabulary[:8])} ...): "
+                                 "rephrase, or train with --tokenizer=byte")
+        return [self.index[word] for word in words]
+
+    def decode(self, tokens):
+        return " ".join(self.vocabulary[t] for t in list(tokens) if t < len(self.vocabulary))
+
+
+def caption_vocabulary(captions):
+    """The sorted words of a list of captions: a WordTokenizer's vocabulary."""
+    return tuple(sorted({word for caption in captions for word in caption.lower().split()}))
+
+
 @dataclass
 class CLIPConfig:
     embed_dim: int = 64          # the joint embedding
-    context_length: int = 80     # tokens, bytes plus start and end (shapes captions <= 78)
+    tokenizer: str = "word"      # "word" (a closed vocabulary) or "byte" (open)
+    vocabulary: tuple = ()       # the words (train.py takes them from the training captions)
+    context_length: int = 24     # tokens, with start and end (shapes: <= 17 words, 78 bytes)
     text_width: int = 96
     text_layers: int = 3
     text_heads: int = 4
-    image_encoder: str = "vit"   # "vit" or "conv"
+    image_encoder: str = "conv"  # "conv" (keeps where things are: it binds) or "vit"
+    hard_negatives: int = 2      # minimal foils per two-object shapes caption in the loss
     resolution: int = 32
     patch_size: int = 4
     vision_width: int = 96
@@ -103,7 +149,11 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.tokenizer = ByteTokenizer(cfg.context_length)
+        if cfg.tokenizer == "word" and not cfg.vocabulary:
+            raise ValueError("a word tokenizer needs its vocabulary (clip.caption_vocabulary of "
+                             "the training captions), or use tokenizer='byte'")
+        self.tokenizer = (WordTokenizer(cfg.vocabulary, cfg.context_length)
+                          if cfg.tokenizer == "word" else ByteTokenizer(cfg.context_length))
         self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(
             0.01 * torch.randn(cfg.context_length, cfg.text_width))
@@ -115,10 +165,15 @@ class TextEncoder(nn.Module):
         self.projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
 
     def forward(self, tokens, return_tokens=False):
-        x = self.ln_final(self.blocks(self.token_embedding(tokens) + self.positional_embedding))
+        """tokens (B, L) -> (B, embed_dim), and with return_tokens every token's features
+        (B, L, width), zero at padding (a zero feature is "no token" to the prior and decoder)."""
+        x = self.token_embedding(tokens) + self.positional_embedding[:tokens.shape[1]]
+        x = self.ln_final(self.blocks(x))                                  # (B, L, width)
         eot = (tokens == self.tokenizer.eot).int().argmax(dim=1)           # (B,)
         features = self.projection(x[torch.arange(len(x)), eot])          # (B, embed_dim)
-        return (features, x) if return_tokens else features
+        if not return_tokens:
+            return features
+        return features, x * (tokens != self.tokenizer.pad)[..., None]
 
 
 class ViTEncoder(nn.Module):
@@ -145,17 +200,22 @@ class ViTEncoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Images (B, 3, R, R) -> (B, embed_dim): stride-2 convolutions, global average pooling."""
+    """Images (B, 3, R, R) -> (B, embed_dim): three stride-2 stages of convolutions, then a
+    projection of the whole (R/8 x R/8) feature map. Global average pooling would add up the
+    cells and so forget which colour was where ("red left of blue" and "blue left of red" would
+    pool alike); reading each cell with its own weights keeps it, as CLIP's attention pooling
+    with positional embeddings does."""
 
     def __init__(self, cfg):
         super().__init__()
         w, layers, c_in = cfg.vision_width, [], 3
         for c_out in (w // 4, w // 2, w):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out),
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                       nn.GroupNorm(math.gcd(8, c_out), c_out),
                        nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
             c_in = c_out
-        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.projection = nn.Linear(w, cfg.embed_dim, bias=False)
+        self.net = nn.Sequential(*layers, nn.Flatten())                     # (B, w R^2 / 64)
+        self.projection = nn.Linear(w * (cfg.resolution // 8) ** 2, cfg.embed_dim, bias=False)
 
     def forward(self, images):
         return self.projection(self.net(images))
@@ -166,6 +226,8 @@ class CLIP(nn.Module):
         super().__init__()
         if cfg.image_encoder not in ("vit", "conv"):
             raise ValueError(f"image_encoder must be 'vit' or 'conv', got {cfg.image_encoder!r}")
+        if cfg.tokenizer not in ("word", "byte"):
+            raise ValueError(f"tokenizer must be 'word' or 'byte', got {cfg.tokenizer!r}")
         self.cfg = cfg
         self.text = TextEncoder(cfg)
         self.visual = ViTEncoder(cfg) if cfg.image_encoder == "vit" else ConvEncoder(cfg)
@@ -177,7 +239,15 @@ class CLIP(nn.Module):
         view of the caption)."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.text(self.text.tokenizer(texts).to(self.logit_scale.device), return_tokens)
+        tokens = self.text.tokenizer(texts)                                # (B, L), on the CPU
+        # Causal attention: nothing after the last end-of-text token can change the features up
+        # to it, so the padding after it is cut (exact; shapes batches: 17 of 24 positions).
+        length = int((tokens == self.text.tokenizer.eot).int().argmax(dim=1).max()) + 1
+        out = self.text(tokens[:, :length].to(self.logit_scale.device), return_tokens)
+        if not return_tokens:
+            return out
+        features, per_token = out  # padded back to the full context: one shape for every batch
+        return features, F.pad(per_token, (0, 0, 0, tokens.shape[1] - length))
 
     def encode_image(self, images):
         """(B, 3, R, R) floats in [-1, 1] -> (B, embed_dim) unnormalised image embeddings."""
@@ -194,18 +264,33 @@ class CLIP(nn.Module):
         text_e = F.normalize(self.encode_text(texts), dim=-1)
         return self.logit_scale.exp() * image_e @ text_e.T
 
-    def loss(self, images, texts):
-        logits = self.logits(images, texts)                             # (B, B)
-        accuracy = (logits.argmax(1) == torch.arange(len(logits), device=logits.device))
-        return contrastive_loss(logits), {"accuracy": accuracy.float().mean().item(),
-                                          "temperature": 1 / self.logit_scale.exp().item()}
+    def loss(self, images, texts, foils=(), keys=None):
+        """Symmetric InfoNCE over a batch of pairs. foils: extra captions, each false of every
+        image in the batch (hard negatives, e.g. minimal edits of the batch's captions as in
+        NegCLIP, Yuksekgonul et al. 2023), which compete with the true captions in the
+        image-to-text direction. keys: what each caption describes (default: its text); pairs
+        with one key are not each other's negatives."""
+        logits = self.logits(images, list(texts) + list(foils))                # (B, B + F)
+        keys = list(texts) if keys is None else keys
+        same = torch.tensor([[a == b for b in keys] for a in keys], device=logits.device)
+        accuracy = same[torch.arange(len(logits)), logits.argmax(1).clamp(max=len(keys) - 1)]
+        accuracy &= logits.argmax(1) < len(keys)  # a foil on top is wrong
+        return contrastive_loss(logits, same), {
+            "accuracy": accuracy.float().mean().item(),
+            "temperature": 1 / self.logit_scale.exp().item()}
 
 
-def contrastive_loss(logits):
-    """Symmetric InfoNCE on (B, B) logits whose diagonal holds the matching pairs: cross-entropy
-    over captions per image and over images per caption, averaged."""
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+def contrastive_loss(logits, same=None):
+    """Symmetric InfoNCE on logits (B, B + F) whose column j < B holds image j's caption and
+    whose F further columns are foils: cross-entropy over captions per image and over images per
+    caption, averaged. same (B, B) bool marks pairs that share a description: the target is
+    spread over them evenly instead of making them negatives (default: the diagonal alone)."""
+    b = len(logits)
+    if same is None:
+        same = torch.eye(b, dtype=torch.bool, device=logits.device)
+    target = same.float() / same.sum(1, keepdim=True)          # (B, B), symmetric, rows sum to 1
+    image_to_text = F.cross_entropy(logits, F.pad(target, (0, logits.shape[1] - b)))
+    return (image_to_text + F.cross_entropy(logits[:, :b].T, target)) / 2
 
 
 def normalise_embedding(z):
@@ -269,7 +354,7 @@ if __name__ == "__main__":
     import data as datasets
     torch.manual_seed(0)
     train_data = datasets.shapes_data(20000, 32, seed=0, split="train")
-    model = CLIP(CLIPConfig())
+    model = CLIP(CLIPConfig(vocabulary=caption_vocabulary(c[0] for c in train_data.captions)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     start = time.time()
     for step in range(301):

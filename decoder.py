@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from diffusion import UNet, UNetConfig, classifier_free_guidance, drop_condition, make_diffusion
 
@@ -39,6 +40,7 @@ class DecoderConfig(UNetConfig):
     clip_x0: str = "clip"
     p_drop_embedding: float = 0.1   # z_i zeroed this often in training
     p_drop_caption: float = 0.5     # the caption zeroed this often
+    dropout: float = 0.0            # the U-Net's: a few epochs of training do not overfit
 
 
 class Decoder(nn.Module):
@@ -51,12 +53,18 @@ class Decoder(nn.Module):
         self.diffusion = make_diffusion(cfg)
 
     def context(self, z_i, tokens):
-        """z_i (B, E), caption features (B, L, W) -> context tokens (B, 4 + L, context_dim)."""
+        """z_i (B, E), caption features (B, L, W) -> context tokens (B, 4 + L', context_dim)
+        and which of them to attend to (B, 4 + L'): not the caption's padding, whose features
+        are zero (as are those of a dropped caption), and L' stops at the longest caption."""
+        present = tokens.abs().amax(-1) > 0                                     # (B, L)
+        length = int(present.any(0).nonzero().max()) + 1 if present.any() else 0
         extra = self.embedding_proj(z_i).view(len(z_i), self.cfg.embedding_tokens, -1)
-        return torch.cat([extra, self.caption_proj(tokens)], dim=1)
+        context = torch.cat([extra, self.caption_proj(tokens[:, :length])], dim=1)
+        return context, F.pad(present[:, :length], (self.cfg.embedding_tokens, 0), value=True)
 
     def forward(self, x_t, t, z_i, tokens):
-        return self.unet(x_t, t, embedding=z_i, context=self.context(z_i, tokens))
+        context, mask = self.context(z_i, tokens)
+        return self.unet(x_t, t, embedding=z_i, context=context, context_mask=mask)
 
     def loss(self, x0, z_i, tokens):
         """x0 (B, 3, R, R) in [-1, 1], z_i (B, E) normalised, tokens (B, L, W)."""

@@ -294,16 +294,20 @@ class AttentionBlock(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x, context=None):
+    def forward(self, x, context=None, context_mask=None):
+        """context_mask (B, L) bool: False marks context tokens not to attend to (padding)."""
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x).flatten(2)).chunk(3, dim=1)  # 3 x (B, C, HW)
+        mask = None
         if self.context_kv is not None and context is not None:
             ck, cv = self.context_kv(context).transpose(1, 2).chunk(2, dim=1)  # 2 x (B, C, L)
             k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)        # (B, C, L + HW)
+            if context_mask is not None:  # (B, 1, 1, L + HW): the pixels are always attended
+                mask = F.pad(context_mask, (0, h * w), value=True)[:, None, None]
 
         def heads(z):  # (B, C, N) -> (B, heads, N, C / heads)
             return z.view(b, self.num_heads, c // self.num_heads, -1).transpose(2, 3)
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (B, heads, HW, C/h)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
         return x + self.proj(out.transpose(2, 3).reshape(b, c, h * w)).view(b, c, h, w)
 
 
@@ -329,12 +333,12 @@ class TimestepSequential(nn.ModuleList):
     """Layers applied in order, each given what it needs: ResBlocks the embedding, attention
     the context."""
 
-    def forward(self, x, emb, context=None):
+    def forward(self, x, emb, context=None, context_mask=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, AttentionBlock):
-                x = layer(x, context)
+                x = layer(x, context, context_mask)
             else:
                 x = layer(x)
         return x
@@ -409,16 +413,16 @@ class UNet(nn.Module):
             emb = emb + self.vector_embed(embedding)
         return emb
 
-    def forward(self, x, t, y=None, embedding=None, context=None):
+    def forward(self, x, t, y=None, embedding=None, context=None, context_mask=None):
         emb = self.embed(t, y, embedding)
         h = self.input_conv(x)
         hs = [h]
         for block in self.down:
-            h = block(h, emb, context)
+            h = block(h, emb, context, context_mask)
             hs.append(h)
-        h = self.middle(h, emb, context)
+        h = self.middle(h, emb, context, context_mask)
         for block in self.up:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
         return self.out(h)
 
 

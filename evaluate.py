@@ -6,12 +6,14 @@ job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
     bits per dimension; the VQ-VAE's code perplexity and dead codes.
   - DDPM: a grid of samples per class, and on shapes the share with the requested shape.
   - CLIP: retrieval recall@k; on shapes, zero-shot accuracy per attribute (colour, shape, size,
-    position, relation), also on the colour-shape pairs never seen in training.
+    position), also on the colour-shape pairs never seen in training, and binding: the true
+    caption against minimal foils (relation reversed, objects trading places, colours, shapes).
   - Priors: cosine between the sampled image embedding and the true one, against baselines.
   - Decoder: exact match of images decoded from the scene's own embedding (the cascade's
     ceiling with a perfect prior); upsamplers: MSE and exact match against bilinear resizing.
-  - The cascade: exact match on held-out prompts at every resolution; on data the caption checker
-    cannot read, CLIP-FID against held-out images.
+  - The cascade: exact match on held-out prompts (100 one-object, 100 two-object) at every
+    resolution and on held-out compositions; on data the caption checker cannot read, CLIP-FID
+    against held-out images.
 
 The Frechet distance (Heusel et al. 2017, arXiv 1706.08500) fits a Gaussian to each set of
 features and compares them:
@@ -22,13 +24,13 @@ features; not comparable to published FID)". Tr((S_1 S_2)^(1/2)) is the sum of t
 of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as S_1 S_2 but is
 symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
 
-Defines: feature_statistics, frechet_distance, clip_features, shapes_zero_shot, exact_match,
-held_out_prompts, evaluate (one stage), evaluate_unclip (the cascade), guidance_sweep.
+Defines: feature_statistics, frechet_distance, clip_features, shapes_zero_shot, binding,
+exact_match, held_out_scenes, held_out_prompts, evaluate (one stage), evaluate_unclip (the
+cascade), guidance_sweep.
 Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
 against held-out shapes scenes at several decoder guidance scales.
 """
 import argparse
-import itertools
 import json
 import math
 import os
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 
 import data as datasets
 import shapes
-from checkpoint import load_checkpoint, load_clip, load_unclip
+from checkpoint import load_checkpoint, load_clip, load_unclip, native_bf16
 from clip import clip_embeddings, retrieval, zero_shot_weights
 from unclip import unclip_sample
 
@@ -81,20 +83,12 @@ def clip_features(clip_model, images, chunk=250):
 # ----------------------------------------------------------------------------------------------
 # Shapes figures: CLIP's zero-shot accuracy, and the caption checker over many images.
 
-def _two_object_captions(relation, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    names = [f"{s} {c} {sh}" for s, c, sh in itertools.product(shapes.SIZES, shapes.COLOURS,
-                                                               shapes.SHAPES)]
-    picks = torch.randint(len(names), (n, 2), generator=g).tolist()
-    return [f"a {names[i]} {relation} a {names[j]}" for i, j in picks]
-
-
 @torch.no_grad()
 def shapes_zero_shot(model, n=1000, seed=1, split="train"):
     """Zero-shot accuracy per attribute on held-out shapes scenes, by prompt ensembling: each
     value's prompts are the captions with that value and every filler of the other attributes.
-    Colour, shape, size and position on one-object scenes; relation on two-object scenes. The
-    training prefixes ("a picture of ...") are the templates."""
+    Colour, shape, size and position, on one-object scenes. The training prefixes ("a picture
+    of ...") are the templates. (Relations are judged by binding(), with minimal foils.)"""
     device = model.logit_scale.device
     templates = [p + "{}" for p in shapes.PREFIXES]
     results = {}
@@ -110,15 +104,31 @@ def shapes_zero_shot(model, n=1000, seed=1, split="train"):
         truth = [values.index(s["position"] if attribute == "position"
                               else s["objects"][0][attribute]) for s in scenes]
         results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
-    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
-    image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
-    weights = zero_shot_weights(model, [_two_object_captions(r) for r in shapes.RELATIONS],
-                                templates)
-    predicted = (image_e @ weights.T).argmax(1).tolist()
-    truth = [shapes.RELATIONS.index(shapes.parse_caption(c[0])["relation"])
-             for c in two.captions]
-    results["relation"] = sum(p == t for p, t in zip(predicted, truth)) / n
     return results
+
+
+@torch.no_grad()
+def binding(model, n=1000, seed=1, split="train"):
+    """Does CLIP bind attributes to objects? On n held-out two-object scenes, the share in which
+    the image's embedding is nearer its true caption than each minimal foil (shapes.minimal_foils:
+    relation reversed, objects trading places, colours, shapes); a tie counts half. Chance is
+    0.50: a model that knows which attributes a scene has but not which object has them, or
+    where, scores 0.50 on every kind."""
+    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
+    device = model.logit_scale.device
+    image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
+    captions = [c[0] for c in two.captions]
+    foils = [shapes.minimal_foils(c) for c in captions]
+    kinds = [kind for f in foils for kind in f]
+    owner = torch.tensor([i for i, f in enumerate(foils) for _ in f], device=device)  # (F,)
+    texts = captions + [text for f in foils for text in f.values()]
+    text_e = F.normalize(torch.cat([model.encode_text(texts[i:i + 500])
+                                    for i in range(0, len(texts), 500)]), dim=-1)
+    true_score = (image_e * text_e[:n]).sum(-1)                            # (n,)
+    foil_score = (image_e[owner] * text_e[n:]).sum(-1)                    # (F,)
+    wins = ((true_score[owner] > foil_score) + 0.5 * (true_score[owner] == foil_score)).tolist()
+    return {kind: sum(w for k, w in zip(kinds, wins) if k == kind) / kinds.count(kind)
+            for kind in dict.fromkeys(kinds)}
 
 
 def exact_match(images, captions):
@@ -134,11 +144,20 @@ def exact_match(images, captions):
             if group in summary} | {"exact": summary["exact"]}
 
 
+def held_out_scenes(n, resolution, seed=1, split="train"):
+    """n one-object, then n two-object scenes not in the training data (another seed than
+    training's 0): (images (2n, 3, R, R) in [-1, 1], canonical captions). split "holdout": every
+    scene holds a colour-shape pair never seen in training (a held-out composition)."""
+    parts = [datasets.shapes_data(n, resolution, seed, split, prefixes=False, objects=objects)
+             for objects in (1, 2)]
+    batches = [part.batch(torch.arange(n))[:2] for part in parts]
+    return torch.cat([b[0] for b in batches]), [c for b in batches for c in b[1]]
+
+
 def held_out_prompts(n, seed=1, split="train"):
-    """n one-object and n two-object canonical captions of scenes not in the training data
-    (another seed than training's 0; split "holdout" for the colour-shape pairs never seen)."""
+    """The captions of held_out_scenes: n one-object, then n two-object prompts."""
     return [c[0] for objects in (1, 2)
-            for c in datasets.shapes_data(n, 32, seed, split, prefixes=False,
+            for c in datasets.shapes_data(n, 8, seed, split, prefixes=False,
                                           objects=objects).captions]
 
 
@@ -151,6 +170,7 @@ def evaluate_clip(model, test_data, train_data):
     figures = retrieval(model, test_data.images, [c[0] for c in test_data.captions])
     if train_data.class_names == shapes.SHAPES:
         figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model).items()})
+        figures.update({f"binding_{k}": v for k, v in binding(model).items()})
         holdout = datasets.shapes_data(1000, model.cfg.resolution, seed=1, split="holdout",
                                        prefixes=False)
         figures.update({f"holdout_{k}": v for k, v in retrieval(
@@ -186,13 +206,18 @@ def evaluate_prior(model, clip_model, test_data, n=200):
             "cosine_other_image": F.cosine_similarity(z_i.roll(1, 0), z_i).mean().item()}
 
 
-def evaluate_decoder(model, clip_model, test_data, out, n=64, guidance_scale=3.0):
+def evaluate_decoder(model, clip_model, test_data, out, n=100, guidance_scale=3.0, seed=1):
     """Decode held-out images from their own image embedding and caption: the exact-match rate
-    the cascade could reach with a perfect prior."""
-    images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
+    the cascade could reach with a perfect prior. On shapes: n one-object and n two-object
+    scenes of another seed; elsewhere 2n test images."""
+    if test_data.class_names == shapes.SHAPES:
+        images, captions = held_out_scenes(n, model.cfg.resolution, seed)
+    else:
+        images, captions, _ = test_data.batch(torch.arange(min(2 * n, len(test_data))))
     z_i, _, tokens = clip_embeddings(clip_model, images, captions)
-    decoded = model.sample(z_i, tokens, guidance_scale)
-    datasets.save_grid(torch.cat([images[:16], decoded[:16].cpu()]),
+    with torch.autocast(z_i.device.type, torch.bfloat16, enabled=native_bf16(z_i.device)):
+        decoded = model.sample(z_i, tokens, guidance_scale, steps=25)
+    datasets.save_grid(torch.cat([images[:8], images[-8:], decoded[:8].cpu(), decoded[-8:].cpu()]),
                        os.path.join(out, "decoder_samples.png"), nrow=16, scale=3)
     return exact_match(decoded, captions)
 
@@ -258,29 +283,40 @@ def evaluate(stage, model, train_data, test_data, device, out):
     return figures
 
 
-def evaluate_unclip(out, device, n=48):
+def evaluate_unclip(out, device, n=100, holdout=50, seed=1):
     """Text to image on held-out prompts through the whole cascade: exact match at every
-    resolution (on shapes; on other data, CLIP-FID against as many held-out images), a grid of
-    samples and the prompts it shows."""
+    resolution, per attribute at the last. On shapes: n one-object and n two-object prompts of
+    seed 1's scenes, and `holdout` of each of held-out compositions (colour-shape pairs never
+    seen in training: holdout_* figures); elsewhere CLIP-FID against 2n held-out images. Writes
+    a grid of samples and the prompts it shows."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
     data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
     on_shapes = data.startswith("shapes")
     if on_shapes:
-        prompts = held_out_prompts(n)
+        prompts = held_out_prompts(n, seed) + held_out_prompts(holdout, seed, "holdout")
     else:  # the first caption of 2n held-out images
-        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, 1, "test")
+        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, seed, "test")
         prompts = [c[0] for c in test.captions[:2 * n]]
     torch.manual_seed(0)
-    stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts)
+    stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts,
+                              bf16=native_bf16(torch.device(device)))
     figures = {}
     for images in stages:
         res = images.shape[-1]
-        figures.update({f"{k}_{res}px": v for k, v in exact_match(images, prompts).items()})
+        figures.update({f"{k}_{res}px": v for k, v in exact_match(images[:2 * n],
+                                                                  prompts[:2 * n]).items()})
+        if on_shapes and holdout:
+            figures.update({f"holdout_{k}_{res}px": v for k, v in exact_match(
+                images[2 * n:], prompts[2 * n:]).items()})
         if not on_shapes:
-            real = datasets.load_data(data, res, 2 * n, 1, "test").images[:2 * n] / 127.5 - 1
+            real = datasets.load_data(data, res, 2 * n, seed, "test").images[:2 * n] / 127.5 - 1
             figures[f"clip_fid_{res}px"] = frechet_distance(
                 *feature_statistics(clip_features(clip_model, real)),
                 *feature_statistics(clip_features(clip_model, images)))
+    if on_shapes:  # per attribute, final images: one_colour, two_relation, two_b_shape, ...
+        summary = shapes.check_images(stages[-1][:2 * n].cpu(), prompts[:2 * n])
+        figures.update({f"{group}_{key}": v for group in ("one", "two")
+                        for key, v in summary[group].items() if key not in ("n", "exact")})
     shown = (list(range(8)) + list(range(n, n + 8)) if on_shapes  # one-object, two-object
              else list(range(min(16, len(prompts)))))
     datasets.save_grid(stages[-1][shown].cpu(), os.path.join(out, "unclip_samples.png"),

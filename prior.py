@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clip import Block
+from clip import Block, normalise_embedding
 from diffusion import (GaussianDiffusion, classifier_free_guidance, cosine_beta_schedule,
                        drop_condition, timestep_embedding)
 
@@ -68,9 +68,9 @@ def drop_text(tokens, z_t, p_uncond):
 class PriorConfig:
     embed_dim: int = 64        # CLIP's joint embedding size (z_t and z_i)
     text_width: int = 96       # CLIP's text transformer width: the caption token features
-    context_length: int = 80   # caption tokens
-    width: int = 64            # small: the 80 byte tokens make the sequence long (0.14 s a
-    layers: int = 4            # step at batch 128 on 2 CPU cores; width 128: 0.5 s)
+    context_length: int = 24   # caption tokens (CLIP's)
+    width: int = 64
+    layers: int = 4
     heads: int = 4
     timesteps: int = 1000
     p_uncond: float = 0.1      # caption and z_t dropped this often in training
@@ -110,8 +110,9 @@ class DiffusionPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, z_t, tokens, guidance_scale=1.0, steps=64, candidates=2):
-        """(B, D) image embeddings for captions given as z_t (B, D) and tokens (B, L, W).
-        DDIM over `steps` strided steps (the paper's prior used 64), classifier-free guided."""
+        """(B, D) image embeddings, normalised, for captions given as z_t (B, D) and tokens
+        (B, L, W). DDIM over `steps` strided steps (the paper's prior used 64), classifier-free
+        guided."""
         b = len(z_t)
         z_t = z_t.repeat_interleave(candidates, 0)                # (B K, D), K candidates
         tokens = tokens.repeat_interleave(candidates, 0)
@@ -119,6 +120,7 @@ class DiffusionPrior(nn.Module):
             lambda x, t, c: self(x, t, *c), (tokens, z_t),
             (torch.zeros_like(tokens), torch.zeros_like(z_t)), guidance_scale)
         z_i = self.diffusion.ddim_sample_loop(model_fn, z_t.shape, steps, device=z_t.device)
+        z_i = normalise_embedding(z_i)  # back on the sphere the decoder was trained on
         return select_candidates(z_i.view(b, candidates, -1), z_t.view(b, candidates, -1)[:, 0])
 
 
@@ -136,7 +138,7 @@ def select_candidates(candidates, z_t):
 class ARPriorConfig:
     embed_dim: int = 64
     text_width: int = 96
-    context_length: int = 80
+    context_length: int = 24
     width: int = 64
     layers: int = 4
     heads: int = 4
@@ -211,8 +213,9 @@ class ARPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, z_t, tokens, guidance_scale=1.0, temperature=1.0):
-        """(B, D) embeddings, one code at a time; guidance mixes conditional and unconditional
-        logits the way classifier-free guidance mixes a diffusion model's outputs."""
+        """(B, D) embeddings, normalised, one code at a time; guidance mixes conditional and
+        unconditional logits the way classifier-free guidance mixes a diffusion model's
+        outputs."""
         next_logits = classifier_free_guidance(
             lambda codes, c: self.logits(codes, *c)[:, -1], (tokens, z_t),
             (torch.zeros_like(tokens), torch.zeros_like(z_t)), guidance_scale)
@@ -221,7 +224,7 @@ class ARPrior(nn.Module):
             logits = next_logits(codes)
             next_code = torch.multinomial(F.softmax(logits / temperature, -1), 1)
             codes = torch.cat([codes, next_code], dim=1)
-        return self.decode(codes)
+        return normalise_embedding(self.decode(codes))
 
 
 if __name__ == "__main__":

@@ -44,15 +44,15 @@ def write_images(images, out, names=None):
     return f"{out}/{names[0]}.png ..."
 
 
-def check_prompts(prompts, context_length):
-    """Refuse empty and over-long prompts, in one line each."""
+def check_prompts(prompts, tokenizer):
+    """Refuse empty prompts, over-long ones and (word tokenizers) unknown words, in one line."""
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
             raise ValueError(f"prompt {i} is empty: write what the image should show")
-        size = len(prompt.encode("utf-8", errors="replace"))
-        if size > context_length - 2:
-            raise ValueError(f"prompt {i} is {size} bytes; this CLIP reads at most "
-                             f"{context_length - 2}: shorten it")
+        size = len(tokenizer.split(prompt))
+        if size > tokenizer.context_length - 2:
+            raise ValueError(f"prompt {i} is {size} {tokenizer.unit}; this CLIP reads at most "
+                             f"{tokenizer.context_length - 2}: shorten it")
     return prompts
 
 
@@ -83,7 +83,7 @@ def sample_unclip(args):
         return write_images(decode(clip_model, decoder, upsamplers, z_i, same_noise=True, **draw),
                             args.out)
     if args.job == "text-diff":  # Fig. 5: rotate the embedding towards the text difference
-        check_prompts([args.before, args.after], clip_model.cfg.context_length)
+        check_prompts([args.before, args.after], clip_model.text.tokenizer)
         z_t = normalise_embedding(clip_model.encode_text([args.before, args.after]))
         # theta from 0 to 0.5, the top of the paper's range for Fig. 5 (0.25 to 0.50)
         z_i = text_diff(image_embedding(clip_model, args.image)[0], z_t[0], z_t[1],
@@ -98,7 +98,7 @@ def sample_unclip(args):
     if args.prompts:
         with open(args.prompts, encoding="utf-8") as f:
             prompts = f.read().splitlines()
-    check_prompts(prompts, clip_model.cfg.context_length)
+    check_prompts(prompts, clip_model.text.tokenizer)
     captions = [p for p in prompts for _ in range(args.n)]
     images = torch.cat([unclip_sample(clip_model, prior, decoder, upsamplers, captions[i:i + 64],
                                       args.prior_guidance, **draw)[0][-1]

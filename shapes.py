@@ -8,9 +8,10 @@ it exactly: `check_image` finds the objects by colour and measures their shape, 
 That makes text-to-image quality a number, not an impression.
 
 Defines: the vocabulary (COLOURS, SHAPES, SIZES, POSITIONS, RELATIONS, PREFIXES, HOLDOUT_PAIRS),
-caption_of and one_object_captions (the caption grammar), render, ShapesDataset (scene i is a
-pure function of seed and i), parse_caption, find_objects, check_image, check_images,
-shape_judgements and attribute_entropy (the checker).
+caption_of, one_object_captions, scene_key and minimal_foils (the caption grammar), render,
+ShapesDataset
+(scene i is a pure function of seed and i), strip_prefix, parse_caption, find_objects,
+check_image, check_images, shape_judgements and attribute_entropy (the checker).
 Run `python shapes.py` to draw a grid of scenes with their captions and score the checker on
 1,000 rendered scenes.
 """
@@ -93,6 +94,40 @@ def one_object_captions(**fixed):
         choices["size"], choices["colour"], choices["shape"], choices["position"])]
 
 
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
+            "above": "below", "below": "above"}
+
+
+def scene_key(caption):
+    """What a caption says, whatever its wording: without a prefix, and with "to the right of"
+    and "below" turned round ("a X below a Y" -> "a Y above a X"). Two captions describe the
+    same scenes exactly when their keys are equal."""
+    scene = parse_caption(caption)
+    if scene.get("relation") in ("to the right of", "below"):
+        scene = {"objects": scene["objects"][::-1], "relation": OPPOSITE[scene["relation"]]}
+    return caption_of(scene)
+
+
+def minimal_foils(caption):
+    """A two-object caption's minimal foils: captions one edit away that are false of its scene,
+    {kind: foil}. Kinds: the relation reversed, the two objects trading places, trading colours,
+    trading shapes (left out when both have one shape: the edit would change nothing). A model
+    that matches the true caption better than each foil binds attributes to objects (the
+    Winoground / ARO style of test: Thrush et al. 2022, Yuksekgonul et al. 2023)."""
+    scene = parse_caption(caption)
+    a, b = scene["objects"]
+    relation = scene["relation"]
+
+    def text(first, rel, second):
+        return caption_of({"objects": [first, second], "relation": rel})
+    foils = {"relation": text(a, OPPOSITE[relation], b), "places": text(b, relation, a)}
+    for attribute in ("colour", "shape"):
+        if a[attribute] != b[attribute]:
+            foils[attribute] = text({**a, attribute: b[attribute]}, relation,
+                                    {**b, attribute: a[attribute]})
+    return foils
+
+
 def render(attributes, resolution=32):
     """Draw a scene: at 4x for anti-aliasing, box-filtered down; below 64 px from the 64 px image.
 
@@ -161,11 +196,17 @@ class ShapesDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------
 # The caption checker: judge an image against a canonical caption, attribute by attribute.
 
+def strip_prefix(caption):
+    """"a picture of a red circle on the left" -> "a red circle on the left"."""
+    for prefix in PREFIXES[1:]:
+        if caption.startswith(prefix):
+            return caption[len(prefix):]
+    return caption
+
+
 def parse_caption(caption):
     """Canonical caption -> {"objects": [{size, colour, shape}, ...], "position" | "relation"}."""
-    words = caption.strip().lower()
-    for prefix in PREFIXES[1:]:
-        words = words[len(prefix):] if words.startswith(prefix) else words
+    words = strip_prefix(caption.strip().lower())
 
     def obj(text):
         parts = text.split()

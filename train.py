@@ -1,7 +1,7 @@
 """Train any stage of the ladder: one plain loop, one checkpoint format.
 
     python train.py                  # the main job: unCLIP on shapes (CLIP, prior, decoder,
-                                     # upsampler, one after the other), 19 min on 2 cores
+                                     # upsampler, one after the other), 17 min on 2 cores
     python train.py decoder          # one stage; prior, ar_prior and decoder read OUT/clip.pt
     python train.py vqvae --steps 500 --out runs/vq
     python train.py ddpm --data cifar10:~/data/cifar-10-python.tar.gz --preset gpu-cifar10
@@ -17,6 +17,7 @@ figures) and OUT/STAGE_metrics.json (held-out figures, evaluate.py).
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -26,9 +27,10 @@ from tqdm import tqdm
 
 import data as datasets
 from checkpoint import (CLIP_STAGES, FORMAT, STAGES, build_model, check_resumable, clip_fields,
-                        fingerprint, load_checkpoint, load_clip, model_class, pick_device,
+                        fingerprint, load_checkpoint, load_clip, model_class, native_bf16,
+                        pick_device,
                         restore_model, save_checkpoint, stage_loss)
-from clip import clip_embeddings
+from clip import caption_vocabulary, clip_embeddings
 from diffusion import EMA
 from evaluate import evaluate, evaluate_unclip
 
@@ -39,16 +41,23 @@ RUN_DEFAULTS = dict(
     steps=2000,
     batch_size=64,
     lr=1e-3,
-    warmup=100,            # linear learning-rate warm-up, then constant (so resuming is exact)
+    warmup=100,            # linear learning-rate warm-up steps, then
+    lr_schedule="constant",  # or "cosine": decay to 0 at the last step (both depend on the
+                             # step alone, so resuming is exact)
     weight_decay=0.0,
     grad_clip=1.0,
     ema_decay=0.0,         # 0: no EMA of the weights; sampling uses the EMA when there is one
     checkpoint_every=500,
     on_nonfinite="stop",   # "stop" or "skip" a step whose loss is NaN or infinite
-    precision="auto",      # auto: bf16 autocast on a GPU, float32 elsewhere; or "bf16", "fp32"
+    precision="auto",      # auto: bf16 autocast on a GPU or a bf16 CPU (see below); bf16; fp32
     compile=False,         # torch.compile the loss (a GPU's speed-up; minutes of compiling)
 )
-CHOICES = dict(on_nonfinite=("stop", "skip"), precision=("auto", "bf16", "fp32"))
+CHOICES = dict(on_nonfinite=("stop", "skip"), precision=("auto", "bf16", "fp32"),
+               lr_schedule=("constant", "cosine"))
+# On a CPU with native bf16, "auto" autocasts these stages only: their convolutions run faster in
+# bf16 there, while the transformers (CLIP, the priors) run slower (`python bench/throughput.py
+# --levers`, docs/results.md).
+CPU_BF16_STAGES = ("ddpm", "classifier", "decoder", "upsampler", "upsampler2")
 # The CPU preset: each stage's run on shapes, unCLIP's four sized to train in about 20 minutes on
 # 2 cores. The DDPM learns one-object scenes (so "the requested shape" is unambiguous); upsampler2
 # is the upsampler set up as the paper's second, harsher one.
@@ -57,10 +66,10 @@ STAGE_RUNS = {
     "ddpm": dict(data="shapes:1", ema_decay=0.995),
     "classifier": dict(data="shapes:1", steps=600),
     "clip": dict(steps=800, batch_size=128, weight_decay=0.1),
-    "prior": dict(steps=500, batch_size=128, ema_decay=0.995),
+    "prior": dict(steps=1000, batch_size=128, ema_decay=0.995, lr_schedule="cosine"),
     "ar_prior": dict(steps=1500, batch_size=128),  # not in the main job: slower to learn
-    "decoder": dict(steps=1100, ema_decay=0.995),
-    "upsampler": dict(resolution=64, steps=350, ema_decay=0.995),
+    "decoder": dict(steps=1300, ema_decay=0.995, lr_schedule="cosine"),
+    "upsampler": dict(resolution=64, steps=300, ema_decay=0.995, lr_schedule="cosine"),
     "upsampler2": dict(resolution=128, low_resolution=64, degradation="harsh",
                        channel_mult=(1, 2, 2, 2), steps=500, ema_decay=0.995),
 }
@@ -74,6 +83,7 @@ GPU_DIFFUSION = dict(lr=2e-4, ema_decay=0.9999, warmup=1000, batch_size=128)
 GPU_UPSAMPLER = dict(GPU_DIFFUSION, channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
                      batch_size=64)
 GPU_CLIP = dict(batch_size=512, lr=5e-4, weight_decay=0.2, warmup=1000, embed_dim=256,
+                tokenizer="byte", context_length=80, image_encoder="vit",
                 text_width=256, text_layers=6, text_heads=8, vision_width=256, vision_layers=6,
                 vision_heads=8)
 GPU_PRIOR = dict(GPU_DIFFUSION, batch_size=256, width=512, layers=8, heads=8)
@@ -152,6 +162,14 @@ def step_seed(seed, step):
     return seed * 1_000_003 + step
 
 
+def learning_rate(run, step):
+    """Linear warm-up, then constant or a cosine decay to zero at the last step."""
+    if step < run["warmup"] or run["lr_schedule"] == "constant":
+        return run["lr"] * min(1.0, (step + 1) / run["warmup"])
+    progress = (step - run["warmup"]) / max(1, run["steps"] - run["warmup"])
+    return run["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @torch.no_grad()
 def cache_clip_embeddings(clip_model, data, chunk=500):
     """clip_embeddings of a whole data set whose images have one caption each, computed once:
@@ -164,19 +182,26 @@ def cache_clip_embeddings(clip_model, data, chunk=500):
 
 
 def complete_config(stage, config, data, clip_model):
-    """What a stage's model takes from its data (the number of classes) and from its CLIP."""
+    """What a stage's model takes from its data (the number of classes, CLIP's words) and from
+    its CLIP."""
     if stage in ("ddpm", "classifier") and "num_classes" not in config:
         config = dict(config, num_classes=len(data.class_names) if data.labels is not None else 0)
     if stage == "classifier" and config["num_classes"] < 2:
         raise ValueError("a classifier needs data with 2+ classes: shapes, cifar10:PATH, a folder")
+    if stage == "clip" and config.get("tokenizer", "word") == "word" and not config.get(
+            "vocabulary"):
+        config = dict(config, vocabulary=caption_vocabulary(c for cs in data.captions for c in cs))
     return dict(config, **clip_fields(stage, clip_model.cfg)) if clip_model else config
 
 
-def gpu_options(device, run):
-    """The GPU path, all off on a CPU (but --precision=bf16 autocasts anywhere): bf16 autocast,
-    channels-last (what cuDNN's fastest convolutions want), fused AdamW, data kept on the GPU."""
+def speed_options(device, run, stage=None):
+    """The fast path, chosen per device: bf16 autocast on a GPU, and on a CPU with native bf16
+    for the U-Net stages only (CPU_BF16_STAGES); channels-last (what cuDNN's fastest
+    convolutions want), fused AdamW and the data kept on the device on a GPU."""
     cuda = device.type == "cuda"
-    return dict(autocast=run["precision"] == "bf16" or (run["precision"] == "auto" and cuda),
+    cpu_bf16 = device.type == "cpu" and stage in CPU_BF16_STAGES and native_bf16(device)
+    return dict(autocast=run["precision"] == "bf16" or (run["precision"] == "auto"
+                                                        and (cuda or cpu_bf16)),
                 channels_last=cuda, fused_adamw=cuda, data_on_device=cuda)
 
 
@@ -225,7 +250,7 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
             [clip_embeddings(clip_model, *data.batch(i)[:2])[0]
              for i in torch.arange(min(10000, len(data))).split(500)])
         model.fit_codebook(z_i[:10000].to(device))
-    gpu = gpu_options(device, run)
+    gpu = speed_options(device, run, stage)
     if gpu["data_on_device"]:
         clip_cache = data_to_device(data, clip_cache, device)
     memory_format = torch.channels_last if gpu["channels_last"] else torch.contiguous_format
@@ -253,7 +278,8 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
     log.writelines(kept)
 
     model.train()
-    bar = tqdm(range(start, run["steps"]), initial=start, total=run["steps"], desc=stage,
+    desc = f"{stage} ({device.type}, {'bf16' if gpu['autocast'] else 'fp32'})"
+    bar = tqdm(range(start, run["steps"]), initial=start, total=run["steps"], desc=desc,
                disable=quiet, mininterval=1.0, dynamic_ncols=True)
     last_saved, tic = start, time.time()
     for step in bar:
@@ -261,7 +287,7 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
         index = torch.randint(len(data), (run["batch_size"],))
         batch = load_batch(data, index, device, memory_format, clip_model, clip_cache)
         for group in optimizer.param_groups:
-            group["lr"] = run["lr"] * min(1.0, (step + 1) / run["warmup"])
+            group["lr"] = learning_rate(run, step)
         with autocast:
             loss, figures = loss_function(stage, model, *batch)
         optimizer.zero_grad(set_to_none=True)
@@ -326,6 +352,9 @@ def run_stage(stage, args, flags, ignore_unknown=False):
         model = ema or model
         figures = {"train_seconds": round(time.time() - tic, 1)}
         if args.no_eval:
+            return
+        if ignore_unknown and stage == "decoder":  # the main job spends its minutes training:
+            write_metrics(args.out, stage, figures)  # `train.py decoder --eval` for the ceiling
             return
     test_data = datasets.load_data(run["data"], run["resolution"], 1000, seed + 1, "test")
     device = next(model.parameters()).device

@@ -12,6 +12,9 @@ Three choices make upsamplers cheap and robust, and the paper makes all three:
     the clean downsampled images the upsampler would otherwise be trained on; a little
     corruption teaches it not to copy their defects.
   - Few sampling steps and no guidance: the low-resolution image already fixes the content.
+One choice is ours, not the paper's: the diffusion generates the residual x - bilinear(x_low)
+rather than x (as residual super-resolution models such as SRDiff do): it need only learn what
+bilinear resizing misses, and a small error in that is a small error in the image.
 
 An upsampler knows nothing of CLIP or captions: unclip.py puts it after the decoder.
 
@@ -43,6 +46,7 @@ class UpsamplerConfig(UNetConfig):
     degradation: str = "blur"         # "blur" (first upsampler) or "harsh" (second)
     blur_sigma: tuple = (0.4, 1.0)    # range of the blur's standard deviation, in input pixels
     crop: float = 0.5                 # training crops: this fraction of the side
+    residual: bool = True             # diffuse x - bilinear(low), not x: see Upsampler.loss
 
 
 def gaussian_blur(x, sigma):
@@ -96,8 +100,11 @@ class Upsampler(nn.Module):
         corners = torch.randint(0, self.cfg.resolution - side + 1, (len(x0), 2)).tolist()
         x0 = torch.stack([x[:, i:i + side, j:j + side] for x, (i, j) in zip(x0, corners)])
         cond = torch.stack([c[:, i:i + side, j:j + side] for c, (i, j) in zip(cond, corners)])
+        # With residual, the model generates only what bilinear resizing lacks (sharp edges):
+        # a signal that is zero almost everywhere on flat-coloured scenes.
+        target = x0 - cond if self.cfg.residual else x0
         loss = self.diffusion.training_loss(lambda x, t: self.unet(torch.cat([x, cond], 1), t),
-                                            x0)
+                                            target)
         return loss, {"mse": loss.item()}
 
     @torch.no_grad()
@@ -107,7 +114,7 @@ class Upsampler(nn.Module):
         cond = self.condition(low)
         x = self.diffusion.ddim_sample_loop(lambda x, t: self.unet(torch.cat([x, cond], 1), t),
                                             cond.shape, steps, eta, low.device, noise=noise)
-        return x.clamp(-1, 1)
+        return (cond + x if self.cfg.residual else x).clamp(-1, 1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 24 mutations; about 2 minutes on 2 cores
+    python bench/mutations.py            # all 30 mutations; about 3 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -104,6 +104,25 @@ MUTATIONS = [
     ("import-circle-through-a-function", "data.py", 'def load_data(spec, resolution=32',
      'def _circle():\n    import evaluate  # noqa: F401\n\n\ndef load_data(spec, resolution=32',
      "tests/test_imports.py -k circle"),
+    ("foil-places-keeps-the-order", "shapes.py",
+     '"places": text(b, relation, a)}', '"places": text(a, relation, b)}',
+     "tests/test_shapes.py -k minimal_foils"),
+    ("binding-counts-ties-as-wins", "evaluate.py",
+     "+ 0.5 * (true_score[owner] == foil_score)", "+ 1.0 * (true_score[owner] == foil_score)",
+     "tests/test_evaluate.py -k binding"),
+    ("same-descriptions-made-negatives", "clip.py",
+     "    target = same.float() / same.sum(1, keepdim=True)",
+     "    target = torch.eye(b, device=logits.device)", "tests/test_clip.py -k same_descriptions"),
+    ("foils-true-of-a-batch-image", "checkpoint.py",
+     "                       if shapes.scene_key(f) not in described]", "]",
+     "tests/test_clip.py -k clip_targets"),
+    ("caption-padding-features-kept", "clip.py",
+     "        return features, x * (tokens != self.tokenizer.pad)[..., None]",
+     "        return features, x",
+     "tests/test_clip.py -k padding_is_cut"),
+    ("decoder-attends-to-padding", "decoder.py",
+     "context=context, context_mask=mask)", "context=context)",
+     "tests/test_decoder.py -k without_its_padding"),
     ("notebook-imports-train", "notebooks/exercises.py", "import clip  # noqa: E402\n",
      "import clip  # noqa: E402\nimport train  # noqa: E402,F401\n",
      "tests/test_imports.py -k command_lines"),

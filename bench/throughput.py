@@ -3,6 +3,7 @@
     python bench/throughput.py                   # CPU; --device cuda on a GPU
     python bench/throughput.py --sizes 2M --steps 3
     python bench/throughput.py --presets         # the GPU presets' FLOPs and expected time
+    python bench/throughput.py --levers          # the main job's stages: tokens x precision
 
 Reports, side by side: parameters, training images/s (forward, backward and AdamW step on
 batches of noised images with the simple loss), sampling milliseconds per step (one forward
@@ -162,6 +163,45 @@ def preset_estimates(preset, flops_per_second=100e12):
     return rows
 
 
+def stage_speed(stage, run, config, tokenizer, precision, steps=5, warmup=2):
+    """Training images/s of one main-job stage as the CPU preset trains it, on shapes batches,
+    with CLIP's tokenizer and autocast's precision set. Run in a process of its own."""
+    import data as datasets
+    from clip import CLIP, caption_vocabulary, clip_embeddings
+    torch.manual_seed(0)
+    data = datasets.shapes_data(2048, run["resolution"], 0, "train", prefixes=True)
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    if stage == "clip" or stage in CLIP_STAGES:
+        clip_cfg = dict(settings_of("clip")[1], tokenizer=tokenizer,
+                        context_length=24 if tokenizer == "word" else 80,
+                        vocabulary=caption_vocabulary(c[0] for c in data.captions))
+        config = clip_cfg if stage == "clip" else config
+        clip_model = CLIP(CLIPConfig(**clip_cfg)).eval()
+        config.update(clip_fields(stage, clip_model.cfg) if stage in CLIP_STAGES else {})
+    model = build_model(stage, config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    for i in range(warmup + steps):
+        if i == warmup:
+            tic = time.perf_counter()
+        images, captions, labels = data.batch(torch.randint(len(data), (run["batch_size"],)))
+        features = clip_embeddings(clip_model, images, captions) if stage in CLIP_STAGES else None
+        with autocast:
+            loss, _ = stage_loss(stage, model, images, captions, labels, features)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return run["batch_size"] * steps / (time.perf_counter() - tic)
+
+
+def settings_of(stage):
+    """(run, config) of a stage of the CPU preset."""
+    printed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), stage,
+                              "--print-settings"], capture_output=True, text=True, check=True)
+    row = json.loads(printed.stdout)
+    return row["run"], row["config"]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -171,7 +211,25 @@ def main():
     parser.add_argument("--models", default="out", help="where the main job wrote its metrics")
     parser.add_argument("--presets", action="store_true",
                         help="only the GPU presets' FLOPs and expected time")
+    parser.add_argument("--levers", action="store_true",
+                        help="only the main job's stages: training img/s, tokens x precision")
     args = parser.parse_args()
+    if args.levers:
+        print(f"CPU preset, training images/s; {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}")
+        print("| stage | caption tokens | fp32 | bf16 autocast |\n| --- | --- | --- | --- |")
+        spawn = multiprocessing.get_context("spawn")
+        for stage in ("clip", "prior", "decoder", "upsampler"):
+            run, config = settings_of(stage)
+            for tokenizer in ("byte", "word") if stage != "upsampler" else ("-",):
+                speeds = []
+                for precision in ("fp32", "bf16"):
+                    with spawn.Pool(1) as pool:
+                        speeds.append(pool.apply(stage_speed, (stage, run, config, tokenizer,
+                                                               precision, args.steps)))
+                print(f"| {stage} | {tokenizer} | {speeds[0]:.0f} | {speeds[1]:.0f} |",
+                      flush=True)
+        return
     if args.presets:
         print("| preset | stage | parameters | training GFLOPs per image | batch | steps | "
               "expected hours at 100 TFLOP/s |")

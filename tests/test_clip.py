@@ -5,13 +5,15 @@ import pytest
 import torch
 
 import clip
+import shapes
 import train
 from checkpoint import CheckpointError, load_clip, save_checkpoint
 from clip import ByteTokenizer
 from data import shapes_data
 
-TINY = dict(embed_dim=16, context_length=80, text_width=32, text_layers=1, text_heads=2,
-            resolution=16, patch_size=4, vision_width=32, vision_layers=1, vision_heads=2)
+TINY = dict(embed_dim=16, tokenizer="byte", context_length=80, text_width=32, text_layers=1,
+            text_heads=2, resolution=16, patch_size=4, vision_width=32, vision_layers=1,
+            vision_heads=2, image_encoder="vit")
 
 
 def test_loss_is_the_symmetric_cross_entropy_computed_by_hand():
@@ -140,3 +142,66 @@ def test_tokenizer_fuzz_never_raises_and_keeps_its_shape():
     for t, row in zip(texts, tokens):
         if len(t.encode("utf-8", errors="replace")) <= 38:
             assert tok.decode(row) == t.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def test_word_tokenizer_encodes_its_vocabulary_and_refuses_other_words():
+    vocabulary = clip.caption_vocabulary(["a small red circle", "A large Blue square above"])
+    assert vocabulary == ("a", "above", "blue", "circle", "large", "red", "small", "square")
+    tok = clip.WordTokenizer(vocabulary, context_length=8)
+    tokens = tok(["a blue circle", "red"])
+    assert tokens[0].tolist() == [tok.sot, 0, 2, 3, tok.eot] + [tok.pad] * 3
+    assert tok.decode(tokens[0]) == "a blue circle" and tok.vocab_size == len(vocabulary) + 3
+    with pytest.raises(ValueError, match="'pink' is not one of the 8 words"):
+        tok(["a pink circle"])
+    with pytest.raises(ValueError, match="needs its vocabulary"):
+        clip.CLIP(clip.CLIPConfig(**dict(TINY, tokenizer="word")))
+
+
+def test_padding_is_cut_exactly_and_token_features_are_zero_there():
+    torch.manual_seed(0)
+    model = clip.CLIP(clip.CLIPConfig(**TINY)).eval()
+    text, captions = model.text, ["a red circle", "a much longer caption than that"]
+    tokens = text.tokenizer(captions)
+    features, per_token = model.encode_text(captions, return_tokens=True)
+    full = text.ln_final(text.blocks(text.token_embedding(tokens) + text.positional_embedding))
+    eot = (tokens == text.tokenizer.eot).int().argmax(1)
+    assert torch.allclose(features, text.projection(full[torch.arange(2), eot]), atol=1e-5)
+    assert per_token.shape == (2, 80, 32)
+    real = tokens != text.tokenizer.pad
+    assert torch.allclose(per_token[real], full[real], atol=1e-5)
+    assert (per_token[~real] == 0).all()
+
+
+def test_same_descriptions_share_the_target_and_foils_are_image_to_text_negatives():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5)  # 3 pairs, then 2 foils
+    same = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    log_p_text, log_p_image = logits.log_softmax(1), logits[:, :3].log_softmax(0)
+    # Images 0 and 1 have one description: half the target on each of their captions.
+    image_to_text = -(log_p_text[0, :2].mean() + log_p_text[1, :2].mean() + log_p_text[2, 2]) / 3
+    text_to_image = -(log_p_image[:2, 0].mean() + log_p_image[:2, 1].mean()
+                      + log_p_image[2, 2]) / 3
+    loss = clip.contrastive_loss(logits, same)
+    assert abs(loss.item() - (image_to_text + text_to_image).item() / 2) < 1e-6
+    # No foils and no duplicates: the plain symmetric InfoNCE.
+    plain = (torch.nn.functional.cross_entropy(logits[:, :3], torch.arange(3))
+             + torch.nn.functional.cross_entropy(logits[:, :3].T, torch.arange(3))) / 2
+    assert abs(clip.contrastive_loss(logits[:, :3]).item() - plain.item()) < 1e-6
+
+
+def test_clip_targets_key_captions_by_scene_and_add_foils_true_of_no_image_in_the_batch():
+    from checkpoint import clip_targets
+    torch.manual_seed(0)
+    captions = ["a picture of a small red circle on the left", "a small red circle on the left",
+                "a large blue square above a small green circle",
+                "a small green circle below a large blue square",   # the scene before, reworded
+                "a small green circle above a large blue square"]   # its objects trading places
+    foils, keys = clip_targets(captions, hard_negatives=4)
+    assert keys[0] == keys[1] == "a small red circle on the left" and keys[2] == keys[3]
+    # Of each two-object caption's four foils, relation reversed and trading places describe
+    # the scene of another image in the batch: left out. Trading colours and shapes remain.
+    assert len(foils) == 3 * 2
+    assert {shapes.scene_key(f) for f in foils}.isdisjoint(keys)
+    assert "a large green square above a small blue circle" in foils  # captions[2], colours
+    assert len(clip_targets(captions, hard_negatives=1)[0]) == 3
+    assert clip_targets(["a photo of a cat", "a dog"], 2) == ((), None)  # not shapes: as before

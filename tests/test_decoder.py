@@ -9,21 +9,31 @@ TINY = dict(resolution=16, channels=16, channel_mult=(1, 2), num_res_blocks=1,
             context_dim=16, timesteps=50, dropout=0.0)
 
 
-def test_context_is_four_embedding_tokens_then_the_caption():
+def test_context_is_four_embedding_tokens_then_the_caption_without_its_padding():
+    torch.manual_seed(0)
     model = Decoder(DecoderConfig(**TINY))
+    for p in model.parameters():  # untrained layers start at zero; make every path matter
+        p.data.normal_(0, 0.2)
     z_i, tokens = torch.randn(2, 8), torch.randn(2, 7, 4)
-    context = model.context(z_i, tokens)
-    assert context.shape == (2, 4 + 7, 16)
+    tokens[0, 3:], tokens[1, 5:] = 0, 0  # captions of 3 and 5 tokens, then padding (zeros)
+    context, mask = model.context(z_i, tokens)
+    assert context.shape == (2, 4 + 5, 16)   # cut after the longest caption
     assert torch.equal(context[:, :4], model.embedding_proj(z_i).view(2, 4, 16))
-    assert torch.equal(context[:, 4:], model.caption_proj(tokens))
+    assert torch.equal(context[:, 4:], model.caption_proj(tokens[:, :5]))
+    assert mask.tolist() == [[True] * 7 + [False] * 2, [True] * 9]
+    # Padding is not attended to: caption 0 decodes alike alone (cut to its 3 tokens) and in a
+    # batch with a longer caption (2 padding tokens in its context).
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 40])
+    out = model(x, t, z_i, tokens)
+    assert torch.allclose(model(x[:1], t[:1], z_i[:1], tokens[:1]), out[:1], atol=1e-5)
     # z_i reaches the U-Net both ways: added to the timestep embedding, and as context tokens
     seen = {}
     model.unet.vector_embed.register_forward_hook(lambda m, args, out: seen.update(vector=args[0]))
     attention = next(m for m in model.unet.modules() if type(m).__name__ == "AttentionBlock")
-    attention.register_forward_hook(lambda m, args, out: seen.update(context=args[1]))
-    out = model(torch.randn(2, 3, 16, 16), torch.tensor([3, 40]), z_i, tokens)
-    assert out.shape == (2, 3, 16, 16)
-    assert torch.equal(seen["vector"], z_i) and torch.equal(seen["context"], context)
+    attention.register_forward_hook(lambda m, args, out: seen.update(context=args[1:]))
+    assert model(x, t, z_i, tokens).shape == (2, 3, 16, 16)
+    assert torch.equal(seen["vector"], z_i)
+    assert torch.equal(seen["context"][0], context) and torch.equal(seen["context"][1], mask)
 
 
 def test_embedding_and_caption_are_dropped_at_the_configured_rates():
@@ -77,3 +87,13 @@ def test_decoder_learns_to_invert_an_embedding():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 / 2
+    # What it learnt is to read the embedding: with each image's embedding swapped for
+    # another's, the same noisy images are denoised far worse.
+    model.eval()
+    t, tokens = torch.full((8,), 15), torch.zeros(8, 1, 4)  # T = 50
+
+    def loss_with(z):
+        torch.manual_seed(1)
+        return model.diffusion.training_loss(lambda x, t_: model(x, t_, z, tokens), images, t)
+    with torch.no_grad():
+        assert 2 * loss_with(embeddings) < loss_with(embeddings.roll(1, 0))

@@ -3,8 +3,8 @@ import json
 
 import torch
 
-import data as datasets
 import evaluate
+import shapes
 from evaluate import feature_statistics, frechet_distance
 
 
@@ -56,13 +56,63 @@ def test_covariances_that_do_not_commute_match_the_eigenvalues_of_their_product(
 def test_the_cascade_is_scored_on_its_own_prompts(cascade, tmp_path, monkeypatch):
     # With a "cascade" that draws each held-out prompt's true scene, the main job's score must be
     # the checker's on ground truth (>= 0.97); with the pictures shifted by one prompt, near 0.
-    scenes = {res: torch.cat([datasets.shapes_data(8, res, 1, "train", False, objects=k).images
-                              for k in (1, 2)]).float() / 127.5 - 1 for res in (32, 64)}
+    scenes = {res: torch.cat([evaluate.held_out_scenes(8, res)[0],
+                              evaluate.held_out_scenes(4, res, split="holdout")[0]])
+              for res in (32, 64)}
     for shift, low, high in [(0, 0.97, 1.0), (1, 0.0, 0.3)]:
         monkeypatch.setattr(evaluate, "unclip_sample", lambda *args, **kwargs: (
             [scenes[32].roll(shift, 0), scenes[64].roll(shift, 0)], None))
-        figures = evaluate.evaluate_unclip(str(cascade), "cpu", n=8)
-        for key in ("exact_one_32px", "exact_two_32px", "exact_one_64px", "exact_two_64px"):
+        figures = evaluate.evaluate_unclip(str(cascade), "cpu", n=8, holdout=4)
+        for key in ("exact_one_32px", "exact_two_32px", "exact_one_64px", "exact_two_64px",
+                    "holdout_exact_one_64px", "holdout_exact_two_64px", "two_relation"):
             assert low <= figures[key] <= high, (shift, key, figures)
     with open(cascade / "unclip_metrics.json") as f:  # what the main job itself wrote
         assert set(figures) <= set(json.load(f))
+
+
+class _HandBuiltCLIP:
+    """A 'CLIP' whose embeddings are known: the scene's attributes, one-hot, read from the
+    caption or found in the pixels by the checker. bound=True lists them object by object (left
+    or top object first); bound=False adds them up, forgetting which attribute was whose."""
+    cfg = type("cfg", (), {"resolution": 32})
+    logit_scale = torch.zeros(())
+
+    def __init__(self, bound):
+        self.bound = bound
+
+    def embed(self, objects, vertical):
+        values = [list(shapes.COLOURS), list(shapes.SHAPES), list(shapes.SIZES)]
+        parts = [torch.tensor([float(vertical), 1.0 - vertical])]
+        for o in objects:
+            parts.append(torch.cat([torch.eye(len(v))[v.index(o[k])]
+                                    for v, k in zip(values, ("colour", "shape", "size"))]))
+        if not self.bound:
+            parts = [parts[0], parts[1] + parts[2]]
+        return torch.cat(parts)
+
+    def encode_text(self, captions):
+        out = []
+        for caption in captions:
+            scene = shapes.parse_caption(caption)
+            a, b = scene["objects"]
+            first = scene["relation"] in ("to the left of", "above")
+            out.append(self.embed([a, b] if first else [b, a],
+                                  scene["relation"] in ("above", "below")))
+        return torch.stack(out)
+
+    def encode_image(self, images):
+        out = []
+        for image in images:
+            a, b = shapes.find_objects(image)
+            (ax, ay), (bx, by) = a["centre"], b["centre"]
+            vertical = abs(by - ay) > abs(bx - ax)
+            out.append(self.embed(sorted([a, b], key=lambda o: o["centre"][vertical]), vertical))
+        return torch.stack(out)
+
+
+def test_binding_scores_one_for_a_model_that_binds_and_chance_for_a_bag_of_attributes():
+    bound = evaluate.binding(_HandBuiltCLIP(bound=True), n=100, seed=5)
+    assert set(bound) == {"relation", "places", "colour", "shape"}
+    assert all(v == 1.0 for v in bound.values()), bound
+    bag = evaluate.binding(_HandBuiltCLIP(bound=False), n=100, seed=5)
+    assert all(v == 0.5 for v in bag.values()), bag  # every foil ties with its caption

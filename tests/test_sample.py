@@ -106,7 +106,8 @@ def test_variations_interpolations_and_text_diffs(cascade, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["unclip", "   "], "prompt 0 is empty"),
-    (["unclip", "x" * 79], "prompt 0 is 79 bytes; this CLIP reads at most 78"),
+    (["unclip", "a " * 23], "prompt 0 is 23 words; this CLIP reads at most 22"),
+    (["unclip", "a pink circle"], "'pink' is not one of the"),
     (["unclip", "--prompts", "MISSING"], "no prompts file at"),
     (["variations", "MISSING.png"], "no image at"),
     (["variations", "NOT_AN_IMAGE"], "is not an image"),

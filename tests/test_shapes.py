@@ -151,3 +151,26 @@ def test_one_object_captions_enumerate_every_filler():
     red = shapes.one_object_captions(colour="red")
     assert len(red) == len(set(red)) == 2 * 3 * 5
     assert all(shapes.parse_caption(c)["objects"][0]["colour"] == "red" for c in red)
+
+
+def test_minimal_foils_each_make_the_one_edit_they_name():
+    data_set = data.shapes_data(300, 32, seed=3, objects=2)
+    same_shape = 0
+    for (caption,) in data_set.captions:
+        scene = shapes.parse_caption(caption)
+        (a, b), relation = scene["objects"], scene["relation"]
+        foils = shapes.minimal_foils(caption)
+        parsed = {kind: shapes.parse_caption(foil) for kind, foil in foils.items()}  # valid
+        assert all(foil != caption for foil in foils.values())
+        assert parsed["relation"] == {"objects": [a, b], "relation": shapes.OPPOSITE[relation]}
+        assert parsed["places"] == {"objects": [b, a], "relation": relation}
+        for attribute in ("colour", "shape"):
+            if a[attribute] == b[attribute]:
+                assert attribute not in foils  # the edit would change nothing
+                same_shape += attribute == "shape"
+                continue
+            swapped = [dict(a, **{attribute: b[attribute]}), dict(b, **{attribute: a[attribute]})]
+            assert parsed[attribute] == {"objects": swapped, "relation": relation}
+    assert 60 < same_shape < 140  # a third of the pairs share a shape
+    with pytest.raises(ValueError, match="not a shapes caption"):
+        shapes.minimal_foils("a red circle")

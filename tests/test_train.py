@@ -156,7 +156,9 @@ def test_nonfinite_gradients_are_caught_like_a_nonfinite_loss(tmp_path, monkeypa
     (["ae", "--resume", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/ae.pt"),
     (["upsampler", "--low_resolution=64", "--steps", "1"], "resolution 64 must exceed"),
     (["upsampler", "--degradation=jpeg", "--steps", "1"], "degradation must be 'blur' or"),
-    (["clip", "--patch_size=5", "--steps", "1"], "patch_size 5 must divide resolution 32"),
+    (["clip", "--image_encoder=vit", "--patch_size=5", "--steps", "1"],
+     "patch_size 5 must divide resolution 32"),
+    (["clip", "--tokenizer=bpe", "--steps", "1"], "tokenizer must be 'word' or 'byte'"),
     (["ar_prior", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/clip.pt"),
     # (a tiny run, so that a check that lets these through fails fast instead of training)
     (["ae", "--precision=fp16"] + TINY_RUN, "--precision=fp16: choose from auto, bf16, fp32"),
@@ -281,12 +283,18 @@ def test_training_is_reproducible_for_a_seed_on_cpu(tmp_path):
         assert torch.equal(p, q), name
 
 
-def test_gpu_path_switches_on_for_cuda_only():
-    run = dict(train.RUN_DEFAULTS)
-    assert not any(train.gpu_options(torch.device("cpu"), run).values())
-    assert all(train.gpu_options(torch.device("cuda"), run).values())
-    assert not train.gpu_options(torch.device("cuda"), dict(run, precision="fp32"))["autocast"]
-    assert train.gpu_options(torch.device("cpu"), dict(run, precision="bf16"))["autocast"]
+def test_fast_path_switches_on_for_cuda_and_bf16_for_the_u_nets_of_a_bf16_cpu(monkeypatch):
+    run, cpu, cuda = dict(train.RUN_DEFAULTS), torch.device("cpu"), torch.device("cuda")
+    for native in (False, True):
+        monkeypatch.setattr(train, "native_bf16", lambda device: native)
+        assert not any(train.speed_options(cpu, run, "clip").values())
+        assert not any(train.speed_options(cpu, run, "prior").values())
+        assert train.speed_options(cpu, run, "decoder") == dict(
+            autocast=native, channels_last=False, fused_adamw=False, data_on_device=False)
+        assert all(train.speed_options(cuda, run, "clip").values())
+        assert not train.speed_options(cpu, dict(run, precision="fp32"), "decoder")["autocast"]
+        assert not train.speed_options(cuda, dict(run, precision="fp32"))["autocast"]
+        assert train.speed_options(cpu, dict(run, precision="bf16"), "clip")["autocast"]
 
 
 def test_bf16_autocast_branch_trains(tmp_path, monkeypatch):
@@ -330,13 +338,19 @@ def test_cpu_settings_come_from_the_dataclasses(capsys):
 
 def test_gpu_preset_models_build_and_take_a_training_step():
     # bench/throughput.py --presets builds every stage of every GPU preset and runs one forward
-    # and backward pass at batch 2; each must count a positive number of FLOPs.
+    # and backward pass at batch 2, counting FLOPs: hours = FLOPs x batch x steps / 100 TFLOP/s,
+    # and the COCO decoder (64 px) costs 3-6x the CIFAR-10 one (32 px, same U-Net: 4x the
+    # convolutions, but the caption's tokens cost alike).
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
     import throughput
+    decoder = {}
     for preset in ("gpu-cifar10", "gpu-coco"):
         rows = throughput.preset_estimates(preset)
         assert {r[0] for r in rows} == {s for s in train.PRESETS[preset] if s != "all"}
-        assert all(gflops > 0 and hours > 0 for _, _, gflops, _, _, hours in rows)
+        for _, _, gflops, batch, steps, hours in rows:
+            assert hours == pytest.approx(gflops * 1e9 * batch * steps / 100e12 / 3600)
+        decoder[preset] = next(r[2] for r in rows if r[0] == "decoder")
+    assert 3 < decoder["gpu-coco"] / decoder["gpu-cifar10"] < 6, decoder
 
 
 def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path, monkeypatch):
@@ -395,6 +409,39 @@ def test_resume_refuses_other_run_settings_in_one_line(tmp_path, capsys, change,
     assert checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))["step"] == 3
 
 
+def test_learning_rate_warms_up_then_stays_or_decays_to_zero_by_the_step_alone(tmp_path, capsys):
+    run = dict(train.RUN_DEFAULTS, lr=2.0, warmup=10, steps=110)
+    assert [train.learning_rate(run, s) for s in (0, 9, 50, 109)] == [0.2, 2.0, 2.0, 2.0]
+    cosine = dict(run, lr_schedule="cosine")
+    assert [round(train.learning_rate(cosine, s), 6) for s in (0, 9, 10, 60)] == [0.2, 2, 2, 1]
+    assert 0 < train.learning_rate(cosine, 109) < 1e-3
+    # A decay ends at the last step, so a cosine run cannot be continued to more steps.
+    args = ["ae", "--out", str(tmp_path), "--steps", "2", "--resolution", "16", "--batch-size",
+            "4", "--n_train=16", "--channels=8", "--latent_dim=4", "--quiet", "--no-eval",
+            "--lr_schedule=cosine"]
+    train.main(args)
+    with pytest.raises(SystemExit):
+        train.main(args + ["--resume", "--steps", "4"])
+    assert "was trained with other settings (steps)" in capsys.readouterr().err
+
+
+def test_bf16_autocast_and_fp32_agree_on_a_tiny_decoder():
+    from decoder import Decoder, DecoderConfig
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig(resolution=16, channels=16, channel_mult=(1, 2),
+                                  embedding_dim=8, text_width=4, context_dim=16))
+    for p in model.parameters():  # untrained layers start at zero; make every path matter
+        p.data.normal_(0, 0.1)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([1, 200, 500, 900])
+    z_i, tokens = torch.randn(4, 8), torch.randn(4, 6, 4)
+    exact = model(x, t, z_i, tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(x, t, z_i, tokens).float()
+    # bfloat16 keeps 8 bits of mantissa: about 1% per operation, a few percent through the net.
+    assert (fast - exact).norm() / exact.norm() < 0.05
+    assert not torch.equal(fast, exact)  # it did compute in bf16
+
+
 class _Exploit:  # what a malicious checkpoint would carry: unpickling it would run code
     def __reduce__(self):
         return (open, ("/tmp/unclip-weights-only-was-bypassed", "w"))
@@ -419,7 +466,9 @@ def test_batches_and_clip_features_follow_the_model_device():
     meta = torch.device("meta")
     data = datasets.shapes_data(8, 16, seed=0)
     clip_model = clip.CLIP(clip.CLIPConfig(resolution=16, embed_dim=8, text_width=16,
-                                           vision_width=16, text_layers=1, vision_layers=1))
+                                           tokenizer="byte", context_length=80, vision_width=16,
+                                           text_layers=1,
+                                           vision_layers=1))
     cache = train.cache_clip_embeddings(clip_model, data)
     clip_model.to(meta)
     index = torch.arange(4)
@@ -438,7 +487,7 @@ def test_resume_is_exact_for_a_stage_with_an_ema_that_reads_clip(tmp_path):
             "--vision_width=16", "--vision_layers=1", "--vision_heads=2"]
     decoder = ["--batch-size", "4", "--n_train=16", "--warmup=1", "--quiet", "--no-eval",
                "--channels=8", "--channel_mult=1,2", "--num_heads=2", "--context_dim=8",
-               "--timesteps=20", "--checkpoint_every=2"]
+               "--timesteps=20", "--checkpoint_every=2", "--lr_schedule=constant"]
     for folder in ("straight", "resumed"):
         train.main(["clip", "--out", str(tmp_path / folder)] + tiny)
     train.main(["decoder", "--out", str(tmp_path / "straight"), "--steps", "4"] + decoder)

@@ -83,3 +83,17 @@ def test_upsampler_learns():
     assert sum(losses[-20:]) < sum(losses[:20]) / 1.5
     trained = F.mse_loss(model.eval().sample(low, 10), x)
     assert trained < untrained / 3, (trained, untrained)
+
+
+def test_the_diffusion_generates_the_residual_over_bilinear():
+    torch.manual_seed(0)
+    model = Upsampler(UpsamplerConfig(**TINY, crop=1.0, blur_sigma=(1e-3, 1e-3)))
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    targets = []
+    model.diffusion.training_loss = lambda fn, target: targets.append(target) or target.sum()
+    model.loss(x0)
+    bilinear = model.condition(F.interpolate(x0, size=8, mode="area"))  # blur of ~0: none
+    assert torch.allclose(targets[0], x0 - bilinear, atol=1e-4)
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    model.diffusion.ddim_sample_loop = lambda *args, **kwargs: torch.full((2, 3, 16, 16), 0.1)
+    assert torch.allclose(model.sample(low), (model.condition(low) + 0.1).clamp(-1, 1))
