@@ -198,11 +198,13 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def ddim_sample_loop(self, model_fn, shape, steps=50, eta=0.0, device="cpu", cond_fn=None,
-                         noise=None):
-        """DDIM over `steps` evenly spaced timesteps (any number up to T)."""
-        if not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"DDIM steps must be in 1..{self.num_timesteps}, got {steps}")
-        times = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
+                         noise=None, start=None):
+        """DDIM over `steps` evenly spaced timesteps (any number up to T), from x_T = noise; or
+        from x_start = noise at an earlier timestep `start`."""
+        start = self.num_timesteps - 1 if start is None else start
+        if not 1 <= steps <= start + 1:
+            raise ValueError(f"DDIM steps must be in 1..{start + 1}, got {steps}")
+        times = torch.linspace(start, 0, steps).round().long().tolist()
         x = torch.randn(shape, device=device) if noise is None else noise
         for i, i_prev in zip(times, times[1:] + [-1]):
             t = torch.full((shape[0],), i, device=device, dtype=torch.long)

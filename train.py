@@ -28,8 +28,7 @@ from tqdm import tqdm
 import data as datasets
 from checkpoint import (CLIP_STAGES, FORMAT, STAGES, build_model, check_resumable, clip_fields,
                         fingerprint, load_checkpoint, load_clip, model_class, native_bf16,
-                        pick_device,
-                        restore_model, save_checkpoint, stage_loss)
+                        pick_device, restore_model, save_checkpoint, stage_loss)
 from clip import caption_vocabulary, clip_embeddings
 from diffusion import EMA
 from evaluate import evaluate, evaluate_unclip

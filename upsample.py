@@ -14,7 +14,11 @@ Three choices make upsamplers cheap and robust, and the paper makes all three:
   - Few sampling steps and no guidance: the low-resolution image already fixes the content.
 One choice is ours, not the paper's: the diffusion generates the residual x - bilinear(x_low)
 rather than x (as residual super-resolution models such as SRDiff do): it need only learn what
-bilinear resizing misses, and a small error in that is a small error in the image.
+bilinear resizing misses, and a small error in that is a small error in the image. And since
+that residual is zero but at the edges, sampling starts at a low noise level (t = 30 of 1,000)
+from x_t ~ N(0, 1 - abar_t), not from pure noise: on the development set, starting from t = 999
+left ragged edges (exact match 0.82 on clean inputs, every miss a shape; bilinear 1.00), from
+t = 30 0.99, with a 14% lower MSE than bilinear (docs/results.md).
 
 An upsampler knows nothing of CLIP or captions: unclip.py puts it after the decoder.
 
@@ -47,6 +51,7 @@ class UpsamplerConfig(UNetConfig):
     blur_sigma: tuple = (0.4, 1.0)    # range of the blur's standard deviation, in input pixels
     crop: float = 0.5                 # training crops: this fraction of the side
     residual: bool = True             # diffuse x - bilinear(low), not x: see Upsampler.loss
+    sample_start: int = 30            # with residual, sampling starts at this t: see sample
 
 
 def gaussian_blur(x, sigma):
@@ -112,8 +117,14 @@ class Upsampler(nn.Module):
         """(B, 3, r, r) in [-1, 1] -> (B, 3, R, R): DDIM, the condition used as it is (no
         corruption). noise (B, 3, R, R) fixes x_T."""
         cond = self.condition(low)
+        noise = torch.randn_like(cond) if noise is None else noise
+        start = None
+        if self.cfg.residual:  # the residual is ~0 but at edges: x_start ~ N(0, 1 - abar_start)
+            start = min(self.cfg.sample_start, self.diffusion.num_timesteps - 1)
+            noise = noise * (1 - self.diffusion.alphas_cumprod[start]).sqrt()
         x = self.diffusion.ddim_sample_loop(lambda x, t: self.unet(torch.cat([x, cond], 1), t),
-                                            cond.shape, steps, eta, low.device, noise=noise)
+                                            cond.shape, min(steps, (start or steps) + 1), eta,
+                                            low.device, noise=noise, start=start)
         return (cond + x if self.cfg.residual else x).clamp(-1, 1)
 
 

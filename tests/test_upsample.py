@@ -95,5 +95,14 @@ def test_the_diffusion_generates_the_residual_over_bilinear():
     bilinear = model.condition(F.interpolate(x0, size=8, mode="area"))  # blur of ~0: none
     assert torch.allclose(targets[0], x0 - bilinear, atol=1e-4)
     low = torch.rand(2, 3, 8, 8) * 2 - 1
-    model.diffusion.ddim_sample_loop = lambda *args, **kwargs: torch.full((2, 3, 16, 16), 0.1)
+    seen = {}
+    model.diffusion.ddim_sample_loop = lambda *args, **kwargs: seen.update(kwargs) or torch.full(
+        (2, 3, 16, 16), 0.1)
     assert torch.allclose(model.sample(low), (model.condition(low) + 0.1).clamp(-1, 1))
+    # It starts at a low noise level, from x_start ~ N(0, 1 - abar_start)
+    model = Upsampler(UpsamplerConfig(**TINY, sample_start=5))
+    model.diffusion.ddim_sample_loop = lambda *args, **kwargs: seen.update(kwargs) or kwargs[
+        "noise"]
+    x = model.sample(torch.zeros(64, 3, 8, 8)) - model.condition(torch.zeros(64, 3, 8, 8))
+    assert seen["start"] == 5
+    assert abs(x.std() - (1 - model.diffusion.alphas_cumprod[5]).sqrt()) < 0.01
