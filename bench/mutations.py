@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 30 mutations; about 5 minutes on 2 cores
+    python bench/mutations.py            # all 31 mutations; about 5 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -120,6 +120,10 @@ MUTATIONS = [
      "        return features, x * (tokens != self.tokenizer.pad)[..., None]",
      "        return features, x",
      "tests/test_clip.py -k padding_is_cut"),
+    ("decoder-ignores-the-embedding-altogether", "decoder.py",
+     "        context, mask = self.context(z_i, tokens)\n",
+     "        z_i = 0 * z_i\n        context, mask = self.context(z_i, tokens)\n",
+     "tests/test_decoder.py -k invert_an_embedding"),
     ("decoder-attends-to-padding", "decoder.py",
      "context=context, context_mask=mask)", "context=context)",
      "tests/test_decoder.py -k without_its_padding"),
