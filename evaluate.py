@@ -156,9 +156,7 @@ def held_out_scenes(n, resolution, seed=1, split="train"):
 
 def held_out_prompts(n, seed=1, split="train"):
     """The captions of held_out_scenes: n one-object, then n two-object prompts."""
-    return [c[0] for objects in (1, 2)
-            for c in datasets.shapes_data(n, 8, seed, split, prefixes=False,
-                                          objects=objects).captions]
+    return held_out_scenes(n, 8, seed, split)[1]  # 8 px: the captions are what is wanted
 
 
 # ----------------------------------------------------------------------------------------------
