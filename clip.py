@@ -334,8 +334,8 @@ def recall_at_k(similarity, same, k):
 
 @torch.no_grad()
 def retrieval(model, images, captions):
-    """Text-to-image and image-to-text recall@1 and @5 over N pairs: uint8 images (N, 3, R, R)
-    and their captions (N strings)."""
+    """Text-to-image and image-to-text recall@1, @5 and @10 over N pairs: uint8 images
+    (N, 3, R, R) and their captions (N strings). Chance: k / N."""
     device = model.logit_scale.device
     image_e = torch.cat([model.encode_image(x.float().to(device) / 127.5 - 1)
                          for x in images.split(250)])
@@ -345,7 +345,7 @@ def retrieval(model, images, captions):
     same = torch.tensor([[a == b for b in captions] for a in captions], device=device)
     return {f"{name}_r@{k}": recall_at_k(s, same, k)
             for name, s in [("image_to_text", similarity), ("text_to_image", similarity.T)]
-            for k in (1, 5)}
+            for k in (1, 5, 10)}
 
 
 if __name__ == "__main__":

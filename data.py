@@ -6,12 +6,14 @@ or more captions per image, optional class labels).
 
 - `shapes_data`: the built-in shapes scenes (shapes.py) rendered into a TensorData.
 - Loaders: CIFAR-10's python archive (as downloaded, or extracted), image folders (class
-  sub-folders, or a `metadata.jsonl` of captions), COCO captions ("COCO-mini", cached once).
+  sub-folders, with or without train/ and test/, or a `metadata.jsonl` of captions), captions
+  files (COCO-captions JSON or CSV, e.g. Flickr8k) and COCO's official layout.
   `load_data("cifar10:PATH", ...)` is how the command line names them.
 - `grid`, `show_grid` and `save_grid`: many images as one picture.
 
 Run `python data.py` to render shapes scenes into memory and save a grid of them.
 """
+import csv
 import hashlib
 import json
 import os
@@ -79,7 +81,13 @@ def square_image(img, resolution, resample=Image.BICUBIC):
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a small {}")
+CIFAR10_TEMPLATES = ("a photo of {}", "a picture of {}", "an image of {}",
+                     "a blurry photo of {}")  # {}: the class name with its article
+
+
+def with_article(noun):
+    """ "airplane" -> "an airplane", "cat" -> "a cat": class names as captions say them."""
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5):
@@ -97,47 +105,65 @@ def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5):
 
 
 def load_cifar10(path, split="train", resolution=32):
-    """CIFAR-10 from `cifar-10-python.tar.gz` or its extracted `cifar-10-batches-py/` folder."""
-    names = ["data_batch_%d" % i for i in range(1, 6)] if split == "train" else ["test_batch"]
-    names.append("batches.meta")
+    """CIFAR-10 from `cifar-10-python.tar.gz` or its extracted `cifar-10-batches-py/` folder.
+    Training batches that are missing are skipped with a warning that names them; no batch of
+    the split at all is an error."""
+    wanted = ["data_batch_%d" % i for i in range(1, 6)] if split == "train" else ["test_batch"]
     if os.path.isdir(path) and os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
         path = os.path.join(path, "cifar-10-batches-py")
-    if os.path.exists(os.path.join(path, "batches.meta")):
-        blobs = {n: open(os.path.join(path, n), "rb").read() for n in names}
+    if os.path.isdir(path):
+        blobs = {}
+        for n in wanted + ["batches.meta"]:
+            if os.path.isfile(os.path.join(path, n)):
+                with open(os.path.join(path, n), "rb") as f:
+                    blobs[n] = f.read()
     elif os.path.isfile(path) and tarfile.is_tarfile(path):
         with tarfile.open(path) as tar:
-            members = {os.path.basename(m.name): m for m in tar.getmembers()}
-            if not all(n in members for n in names):
-                _fail(path, "not the CIFAR-10 python archive (no cifar-10-batches-py/ batches)",
-                      f"Download {CIFAR10_URL} or pass its extracted folder")
-            blobs = {n: tar.extractfile(members[n]).read() for n in names}
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            blobs = {n: tar.extractfile(members[n]).read()
+                     for n in wanted + ["batches.meta"] if n in members}
     else:
         _fail(path, "expected cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
               f"Download {CIFAR10_URL} (or call data.download_cifar10) and pass its path")
+    missing = [n for n in wanted if n not in blobs]
+    if "batches.meta" not in blobs or len(missing) == len(wanted):
+        _fail(path, f"not the CIFAR-10 python archive (no batches.meta or no {wanted[0]})",
+              f"Download {CIFAR10_URL} or pass its extracted folder")
+    if missing:
+        warnings.warn(f"{path}: {len(missing)} of {len(wanted)} {split} batches missing "
+                      f"({', '.join(missing)}): reading the others")
     meta = pickle.loads(blobs.pop("batches.meta"), encoding="bytes")
-    classes = tuple(c.decode() for c in meta[b"label_names"])
-    batches = [pickle.loads(b, encoding="bytes") for b in blobs.values()]
+    classes = tuple(c.decode() if isinstance(c, bytes) else c for c in meta[b"label_names"])
+    batches = [pickle.loads(blobs[n], encoding="bytes") for n in wanted if n in blobs]
     images = torch.from_numpy(np.concatenate([b[b"data"] for b in batches])).view(-1, 3, 32, 32)
     labels = torch.tensor(sum((list(b[b"labels"]) for b in batches), []))
     if resolution != 32:
         images = torch.nn.functional.interpolate(images.float(), size=resolution, mode="bicubic",
                                                  antialias=True).round().clamp(0, 255).byte()
-    captions = [[t.format(classes[y]) for t in CIFAR10_TEMPLATES] for y in labels.tolist()]
+    captions = [[t.format(with_article(classes[y])) for t in CIFAR10_TEMPLATES]
+                for y in labels.tolist()]
     return TensorData(images, captions, labels, classes)
 
 
-def _read_images(paths, resolution):
-    """Read and square images; unreadable files are skipped with one warning that counts them."""
-    kept, arrays, bad = [], [], 0
+def _read_images(paths, resolution, missing_ok=False):
+    """Read and square images; unreadable files (and, with missing_ok, absent ones) are skipped
+    with one warning that counts them and names the first."""
+    kept, arrays, bad = [], [], []
     for i, p in enumerate(paths):
         try:
             with Image.open(p) as img:
+                img.draft("RGB", (resolution, resolution))  # a JPEG decodes at >= R, faster
                 arrays.append(square_image(img, resolution))
             kept.append(i)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise FileNotFoundError(f"no image at {p}: check the path") from None
+            bad.append(p)
         except (OSError, ValueError, Image.DecompressionBombError):
-            bad += 1
+            bad.append(p)
     if bad:
-        warnings.warn(f"skipped {bad} file(s) that are not readable images")
+        warnings.warn(f"skipped {len(bad)} of {len(paths)} images that are missing or not "
+                      f"readable (first: {bad[0]})")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else None
     return images, kept
 
@@ -154,11 +180,15 @@ def read_image(path, resolution, resample=Image.BICUBIC):
     return torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
 
 
-def load_folder(path, resolution=32):
+def load_folder(path, resolution=32, split="train"):
     """An image folder: `metadata.jsonl` rows {"file_name", "text"} give captions; otherwise
-    class sub-folders give labels (and captions "a photo of a {class}")."""
+    class sub-folders give labels (and captions "a photo of a cat", "... an airplane"). A folder
+    with `train/` and `test/` sub-folders (e.g. CIFAR-10 as JPEGs) has its own split: `split`
+    picks one."""
     if not os.path.isdir(path):
         _fail(path, "no such folder", "Pass a folder of class sub-folders or with metadata.jsonl")
+    if all(os.path.isdir(os.path.join(path, s)) for s in ("train", "test")):
+        path = os.path.join(path, "test" if split == "test" else "train")
     meta = os.path.join(path, "metadata.jsonl")
     if os.path.exists(meta):
         rows = []
@@ -171,7 +201,7 @@ def load_folder(path, resolution=32):
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise ValueError(f"{meta}:{k + 1}: expected a JSON object with 'file_name' "
                                          "and 'text'; fix or remove that line") from None
-        images, kept = _read_images([r[0] for r in rows], resolution)
+        images, kept = _read_images([r[0] for r in rows], resolution, missing_ok=True)
         if images is None:
             _fail(path, "metadata.jsonl names no readable image", "Check the file_name entries")
         captions = [[t] if isinstance(t, str) else list(t) for t in (rows[i][1] for i in kept)]
@@ -186,65 +216,115 @@ def load_folder(path, resolution=32):
     if images is None:
         _fail(path, "no readable image in its class sub-folders", "Check the files")
     labels = torch.tensor([files[i][1] for i in kept])
-    captions = [[f"a photo of a {classes[y]}"] for y in labels.tolist()]
+    captions = [[f"a photo of {with_article(classes[y])}"] for y in labels.tolist()]
     return TensorData(images, captions, labels, tuple(classes))
 
 
+def read_caption_file(path):
+    """A captions file -> [(image file name, [captions])], images in first-seen order. Two
+    layouts: COCO-captions JSON (`images` with id and file_name, `annotations` with image_id and
+    caption) and CSV with an `image,caption` header, one row per caption (Flickr8k's
+    captions.txt). Captions naming an image id the JSON does not list are skipped with a count."""
+    captions = {}
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                coco = json.load(f)
+            names = {im["id"]: im["file_name"] for im in coco["images"]}
+            orphans = sum(a["image_id"] not in names for a in coco["annotations"])
+            if orphans:
+                warnings.warn(f"{path}: skipped {orphans} captions whose image_id is not in "
+                              "its images list")
+            for im in sorted(coco["images"], key=lambda im: im["id"]):
+                captions[im["file_name"]] = []
+            for a in coco["annotations"]:
+                if a["image_id"] in names:
+                    captions[names[a["image_id"]]].append(a["caption"].strip())
+        else:
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    captions.setdefault(row["image"], []).append(row["caption"].strip())
+    except FileNotFoundError:
+        _fail(path, "no such captions file", "Pass a COCO-captions .json or an image,caption .csv")
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not a COCO-captions JSON (images: id, file_name; annotations: "
+                         "image_id, caption) nor a CSV with an image,caption header") from None
+    return [(name, c) for name, c in captions.items() if c]
+
+
+def split_indices(n, split, holdout, seed=0):
+    """A fixed random split of n items: `holdout` of them are "test", the rest "train"."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test = order[:min(holdout, n // 2)].sort().values
+    return test if split == "test" else order[len(test):].sort().values
+
+
+def load_captions(path, split="train", resolution=64, holdout=1000):
+    """Captioned images from a captions file (read_caption_file), several captions an image. The
+    images are found next to the file or in its `images/` folder; missing or unreadable ones are
+    skipped with a count. Such data carries no split: a fixed random `holdout` images (at most
+    half) are the test split."""
+    rows = read_caption_file(path)
+    folder = os.path.dirname(path)
+    if rows and not os.path.exists(os.path.join(folder, rows[0][0])):
+        folder = os.path.join(folder, "images")
+    rows = [rows[i] for i in split_indices(len(rows), split, holdout).tolist()]
+    images, kept = _read_images([os.path.join(folder, r[0]) for r in rows], resolution,
+                                missing_ok=True)
+    if images is None:
+        _fail(folder, f"no readable image named by {path}", "Put the images next to the file "
+              "or in an images/ folder beside it")
+    return TensorData(images, [rows[i][1] for i in kept])
+
+
 def load_coco(path, split="train", resolution=64, n=10000, seed=None):
-    """COCO captions as "COCO-mini": n images (the first n, or a seeded sample), centre-cropped and
-    resized, all their captions kept; built once into a cache file next to the annotations."""
+    """COCO captions in the official layout (annotations/captions_{split}2017.json and the
+    {split}2017/ images): n images (the first n by id, or a seeded sample), centre-cropped and
+    resized, all their captions kept."""
     ann = os.path.join(path, "annotations", f"captions_{split}2017.json")
-    cache = os.path.join(path, f"coco-mini-{split}-{n}-{resolution}px-{seed}.pt")
-    if os.path.exists(cache):
-        blob = torch.load(cache, weights_only=True)
-        return TensorData(blob["images"], blob["captions"])
     if not os.path.exists(ann):
         _fail(ann, "missing COCO captions file",
               f"Pass the COCO root that holds annotations/ and {split}2017/")
-    with open(ann) as f:
-        coco = json.load(f)
-    captions = {}
-    for a in coco["annotations"]:
-        captions.setdefault(a["image_id"], []).append(a["caption"].strip())
-    entries = sorted((im for im in coco["images"] if im["id"] in captions), key=lambda im: im["id"])
+    rows = read_caption_file(ann)
     if seed is not None:
-        order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(seed))
-        entries = [entries[i] for i in order.tolist()]
-    entries = entries[:n]
-    files = [os.path.join(path, f"{split}2017", im["file_name"]) for im in entries]
-    images, kept = _read_images(files, resolution)
+        rows = [rows[i] for i in torch.randperm(
+            len(rows), generator=torch.Generator().manual_seed(seed)).tolist()]
+    rows = rows[:n]
+    images, kept = _read_images([os.path.join(path, f"{split}2017", r[0]) for r in rows],
+                                resolution, missing_ok=True)
     if images is None:
         _fail(os.path.join(path, f"{split}2017"), "no readable COCO image",
               "Check the image folder")
-    blob = {"images": images, "captions": [captions[entries[i]["id"]] for i in kept]}
-    torch.save(blob, cache + ".tmp")
-    os.replace(cache + ".tmp", cache)
-    return TensorData(blob["images"], blob["captions"])
+    return TensorData(images, [rows[i][1] for i in kept])
 
 
 def load_data(spec, resolution=32, n=20000, seed=0, split="train"):
-    """Name -> TensorData: "shapes", "cifar10:PATH", "folder:PATH" or "coco:PATH".
+    """Name -> TensorData: "shapes", "cifar10:PATH", "folder:PATH", "coco:PATH" or
+    "captions:FILE" (a COCO-captions .json or an image,caption .csv, e.g. Flickr8k).
     "shapes:1" and "shapes:2" hold only one- or only two-object scenes.
 
     split: "train" or "test" (shapes: both draw from the "train" split, so pass test data another
-    seed; only training captions carry prefixes; a folder has no test split and returns the same
-    images), or "holdout" (shapes only)."""
+    seed; only training captions carry prefixes; a folder without train/ and test/ has no test
+    split and returns the same images), or "holdout" (shapes only)."""
     kind, _, path = spec.partition(":")
     if kind == "shapes" and path in ("", "1", "2"):
         return shapes_data(n, resolution, seed, "holdout" if split == "holdout" else "train",
                            prefixes=split == "train", objects=int(path) if path else None)
-    if kind in ("cifar10", "folder", "coco") and path:
+    if kind in ("cifar10", "folder", "coco", "captions") and path:
         path = os.path.expanduser(path)
         if not os.path.exists(path):
             _fail(path, f"no such file or folder for --data {kind}:PATH",
                   "Check the path (see the README for the expected layout)")
+        split = "train" if split == "train" else "test"
         if kind == "cifar10":
-            return load_cifar10(path, "train" if split == "train" else "test", resolution)
+            return load_cifar10(path, split, resolution)
         if kind == "folder":
-            return load_folder(path, resolution)
+            return load_folder(path, resolution, split)
+        if kind == "captions":
+            return load_captions(path, split, resolution)
         return load_coco(path, "train" if split == "train" else "val", resolution, n)
     raise ValueError(f"unknown data set {spec!r}: use shapes (or shapes:1, shapes:2), "
-                     "cifar10:PATH, folder:PATH or coco:PATH")
+                     "cifar10:PATH, folder:PATH, coco:PATH or captions:FILE")
 
 
 def grid(images, nrow=8):

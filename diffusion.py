@@ -68,12 +68,12 @@ class GaussianDiffusion:
     Every method that runs the network takes model_fn(x_t, t) -> prediction (of eps, x0 or v,
     per `prediction`); conditioning and guidance are wrapped into model_fn by the caller."""
 
-    def __init__(self, betas, prediction="eps", clip_x0="clip"):
+    def __init__(self, betas, prediction="eps", clip_x0="clip", min_snr_gamma=0.0):
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         if clip_x0 not in ("none", "clip", "dynamic"):
             raise ValueError(f"clip_x0 must be 'none', 'clip' or 'dynamic', got {clip_x0!r}")
-        self.prediction, self.clip_x0 = prediction, clip_x0
+        self.prediction, self.clip_x0, self.min_snr_gamma = prediction, clip_x0, min_snr_gamma
         self.num_timesteps = len(betas)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
@@ -125,13 +125,26 @@ class GaussianDiffusion:
             return noise
         return x0 if self.prediction == "x0" else self.v_from_x0_eps(x0, t, noise)
 
+    def loss_weight(self, t):
+        """(B,) weights of the per-timestep errors. 1: the simple loss, whose error in x_0 is
+        weighted by SNR (eps), 1 (x0) or SNR + 1 (v), SNR = abar / (1 - abar). min_snr_gamma > 0:
+        min(SNR, gamma) for every target (Min-SNR, Hang et al. 2023, eq. 9), so the nearly
+        clean timesteps stop dominating the gradient."""
+        if not self.min_snr_gamma:
+            return torch.ones(len(t), device=t.device)
+        snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]
+        per_target = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
+        return snr.clamp(max=self.min_snr_gamma) / per_target
+
     def training_loss(self, model_fn, x0, t=None):
-        """The simple loss (DDPM eq. 14), for whichever target the model predicts."""
+        """The simple loss (DDPM eq. 14), for whichever target the model predicts (weighted per
+        timestep by loss_weight)."""
         if t is None:  # t ~ Uniform{0, ..., T-1} (the paper's 1..T, shifted to index arrays)
             t = torch.randint(0, self.num_timesteps, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         prediction = model_fn(self.q_sample(x0, t, noise), t)
-        return F.mse_loss(prediction.float(), self.training_target(x0, t, noise))
+        error = (prediction.float() - self.training_target(x0, t, noise)).pow(2)
+        return (self.loss_weight(t) * error.flatten(1).mean(1)).mean()
 
     def process_x0(self, x0):
         """Keep a predicted x_0 in the data range: clip, or dynamic thresholding (Imagen,
@@ -440,13 +453,15 @@ class DDPMConfig(UNetConfig):
                                 # (measured: 10% right shapes after 1,500 steps with eps)
     clip_x0: str = "clip"       # "none", "clip" or "dynamic" thresholding of predicted x_0
     p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
+    min_snr_gamma: float = 0.0  # > 0: Min-SNR loss weighting (GaussianDiffusion.loss_weight)
 
 
 def make_diffusion(cfg):
     schedules = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
     if cfg.schedule not in schedules:
         raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
-    return GaussianDiffusion(schedules[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.clip_x0)
+    return GaussianDiffusion(schedules[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.clip_x0,
+                             cfg.min_snr_gamma)
 
 
 def drop_labels(y, p_uncond, null_label):

@@ -2,10 +2,11 @@
 
 train.py calls `evaluate(stage, ...)` when a stage finishes and `evaluate_unclip` after the main
 job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
-  - AE, DAE, VAE, VQ-VAE: reconstruction MSE against the mean image; the VAE's negative ELBO in
-    bits per dimension; the VQ-VAE's code perplexity and dead codes.
+  - AE, DAE, VAE, VQ-VAE: reconstruction MSE (and PSNR) against the mean image; the VAE's
+    negative ELBO in bits per dimension; the VQ-VAE's code perplexity and dead codes.
   - DDPM: a grid of samples per class, and on shapes the share with the requested shape.
-  - CLIP: retrieval recall@k; on shapes, zero-shot accuracy per attribute (colour, shape, size,
+  - CLIP: retrieval recall@1/5/10; on labelled data (CIFAR-10, class folders), zero-shot
+    accuracy from the class names; on shapes, zero-shot accuracy per attribute (colour, shape, size,
     position), also on the colour-shape pairs never seen in training, and binding: the true
     caption against minimal foils (relation reversed, objects trading places, colours, shapes).
   - Priors: cosine between the sampled image embedding and the true one, against baselines.
@@ -13,7 +14,8 @@ job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
     ceiling with a perfect prior); upsamplers: MSE and exact match against bilinear resizing.
   - The cascade: exact match on held-out prompts (100 one-object, 100 two-object) at every
     resolution and on held-out compositions; on data the caption checker cannot read, CLIP-FID
-    against held-out images.
+    against held-out images and the CLIP score (image-caption cosine) beside that of the real
+    images and of real images with shuffled captions.
 
 The Frechet distance (Heusel et al. 2017, arXiv 1706.08500) fits a Gaussian to each set of
 features and compares them:
@@ -24,11 +26,12 @@ features; not comparable to published FID)". Tr((S_1 S_2)^(1/2)) is the sum of t
 of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as S_1 S_2 but is
 symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
 
-Defines: feature_statistics, frechet_distance, clip_features, shapes_zero_shot, binding,
-exact_match, held_out_scenes, held_out_prompts, evaluate (one stage), evaluate_unclip (the
-cascade), guidance_sweep.
+Defines: feature_statistics, frechet_distance, clip_features, clip_score, shapes_zero_shot,
+binding, exact_match, held_out_scenes, held_out_prompts, zero_shot_accuracy, evaluate (one
+stage), evaluate_unclip (the cascade), guidance_sweep.
 Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
-against held-out shapes scenes at several decoder guidance scales.
+against held-out shapes scenes at several decoder guidance scales; `python evaluate.py --models
+OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on another labelled data set.
 """
 import argparse
 import json
@@ -78,6 +81,15 @@ def clip_features(clip_model, images, chunk=250):
             x = F.interpolate(x, size=clip_model.cfg.resolution, mode="area")
         features.append(F.normalize(clip_model.encode_image(x), dim=-1).cpu())
     return torch.cat(features)
+
+
+@torch.no_grad()
+def clip_score(clip_model, images, captions):
+    """Mean cosine between each image's CLIP embedding and its caption's (the CLIP score of
+    Hessel et al. 2021, without their 2.5 rescaling): how well images match their text."""
+    text = torch.cat([F.normalize(clip_model.encode_text(captions[i:i + 250]), dim=-1).cpu()
+                      for i in range(0, len(captions), 250)])
+    return (clip_features(clip_model, images) * text).sum(1).mean().item()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +178,8 @@ def evaluate_clip(model, test_data, train_data):
     """Retrieval on held-out pairs; on shapes, zero-shot accuracy per attribute, and both again
     on the holdout split (colour-shape pairs never seen in training)."""
     figures = retrieval(model, test_data.images, [c[0] for c in test_data.captions])
+    if test_data.labels is not None and test_data.class_names != shapes.SHAPES:
+        figures["zero_shot_accuracy"] = zero_shot_accuracy(model, test_data)
     if train_data.class_names == shapes.SHAPES:
         figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model).items()})
         figures.update({f"binding_{k}": v for k, v in binding(model).items()})
@@ -176,6 +190,19 @@ def evaluate_clip(model, test_data, train_data):
         figures.update({f"holdout_zero_shot_{k}": v
                         for k, v in shapes_zero_shot(model, split="holdout").items()})
     return figures
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, data, templates=datasets.CIFAR10_TEMPLATES):
+    """Classify labelled images (CIFAR-10, class folders) by their class names alone, each put
+    in every template ("a photo of a cat", ...; CLIP's prompt ensembling). Chance: 1 / classes."""
+    weights = zero_shot_weights(model, [[datasets.with_article(c)] for c in data.class_names],
+                                templates)                                            # (C, E)
+    device = weights.device
+    predicted = torch.cat([(F.normalize(model.encode_image(x.float().to(device) / 127.5 - 1),
+                                        dim=-1) @ weights.T).argmax(1).cpu()
+                           for x in data.images.split(250)])
+    return (predicted == data.labels).float().mean().item()
 
 
 def evaluate_ddpm(model, class_names, device, out, per_class=16):
@@ -263,6 +290,7 @@ def evaluate(stage, model, train_data, test_data, device, out):
     chunks = x.split(250)
     recon = torch.cat([model.reconstruct(c).clamp(-1, 1) for c in chunks])
     figures["mse"] = (recon - x).pow(2).mean().item()
+    figures["psnr"] = 10 * math.log10(4 / figures["mse"])  # dB; the pixel range [-1, 1] spans 2
     if stage == "dae":  # how well it removes the corruption it was trained on
         denoised = torch.cat([model.reconstruct(model.corrupt(c)).clamp(-1, 1) for c in chunks])
         figures["denoised_mse"] = (denoised - x).pow(2).mean().item()
@@ -285,7 +313,8 @@ def evaluate_unclip(out, device, n=100, holdout=50, seed=1):
     """Text to image on held-out prompts through the whole cascade: exact match at every
     resolution, per attribute at the last. On shapes: n one-object and n two-object prompts of
     seed 1's scenes, and `holdout` of each of held-out compositions (colour-shape pairs never
-    seen in training: holdout_* figures); elsewhere CLIP-FID against 2n held-out images. Writes
+    seen in training: holdout_* figures); elsewhere CLIP-FID against 2n held-out images and the
+    CLIP score, with the real images' and shuffled pairs' beside it. Writes
     a grid of samples and the prompts it shows."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
     data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
@@ -311,6 +340,10 @@ def evaluate_unclip(out, device, n=100, holdout=50, seed=1):
             figures[f"clip_fid_{res}px"] = frechet_distance(
                 *feature_statistics(clip_features(clip_model, real)),
                 *feature_statistics(clip_features(clip_model, images)))
+            figures[f"clip_score_{res}px"] = clip_score(clip_model, images, prompts)
+            if res == stages[-1].shape[-1]:  # the floor and ceiling of the CLIP score
+                figures["clip_score_real"] = clip_score(clip_model, real, prompts)
+                figures["clip_score_shuffled"] = clip_score(clip_model, real.roll(1, 0), prompts)
     if on_shapes:  # per attribute, final images: one_colour, two_relation, two_b_shape, ...
         summary = shapes.check_images(stages[-1][:2 * n].cpu(), prompts[:2 * n])
         figures.update({f"{group}_{key}": v for group in ("one", "two")
@@ -359,7 +392,21 @@ def main(argv=None, more_features=None):
     parser.add_argument("--n", type=int, default=300, help="generated and real images")
     parser.add_argument("--guidance", default="1,2,3,5", help="decoder guidance scales")
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--zero-shot", metavar="DATA", help="instead: zero-shot accuracy of "
+                        "MODELS/clip.pt on DATA's test split (e.g. cifar10:PATH)")
     args = parser.parse_args(argv)
+    if args.zero_shot:
+        model = load_clip(args.models)
+        test = datasets.load_data(args.zero_shot, model.cfg.resolution, split="test")
+        if test.labels is None:
+            raise ValueError(f"{args.zero_shot} has no class labels to classify by")
+        figures = {"zero_shot_accuracy": zero_shot_accuracy(model, test),
+                   "chance": 1 / len(test.class_names), "images": len(test),
+                   "command": " ".join(["python"] + sys.argv)}
+        print(figures)
+        with open(os.path.join(args.models, "zero_shot.json"), "w") as f:
+            json.dump(figures, f, indent=1)
+        return
     scales = [float(s) for s in args.guidance.split(",")]
     results = guidance_sweep(args.models, args.n, scales, more_features)
     os.makedirs(args.out, exist_ok=True)

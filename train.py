@@ -7,12 +7,18 @@
     python train.py ddpm --data cifar10:~/data/cifar-10-python.tar.gz --preset gpu-cifar10
     python train.py vae --latent_dim=16 --lr=1e-3   # --key=value sets a run setting or model field
     python train.py clip --preset gpu-coco --print-settings   # what a run would use, as JSON
+    torchrun --nproc_per_node=4 train.py decoder --preset gpu-coco  # 4 GPUs (or CPU processes)
 
 A setting comes from, later winning: RUN_DEFAULTS or the model's dataclass (whose defaults are
 the CPU values), the stage's line in STAGE_RUNS, --preset, the flags. Each step's randomness comes
 from a seed made of (--seed, step), so a run continued with --resume takes exactly the steps an
 uninterrupted one would. Writes OUT/STAGE.pt (atomically), OUT/STAGE_log.jsonl (each step's
 figures) and OUT/STAGE_metrics.json (held-out figures, evaluate.py).
+
+Under torchrun, PyTorch's DistributedDataParallel does the rest: every process draws the same
+step's batch, takes its 1/N share of it (--batch_size stays the global batch), and the gradients
+are averaged, so N processes take the steps one process would. Rank 0 alone writes checkpoints,
+logs and figures. CLIP's contrastive loss then contrasts each process's share only.
 """
 import argparse
 import dataclasses
@@ -23,6 +29,8 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data as datasets
@@ -169,6 +177,28 @@ def learning_rate(run, step):
     return run["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def process_group(device):
+    """(rank, number of processes). Under torchrun (which sets WORLD_SIZE and RANK) this joins
+    PyTorch's process group once: NCCL between GPUs, gloo between CPUs. Alone: (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world
+
+
+class StageLoss(torch.nn.Module):
+    """stage_loss as a module: DistributedDataParallel averages the gradients of what a wrapped
+    module's forward returns, across the processes."""
+
+    def __init__(self, stage, model, compile_loss=False):
+        super().__init__()
+        self.stage, self.model = stage, model
+        self.loss = torch.compile(stage_loss) if compile_loss else stage_loss
+
+    def forward(self, *batch):
+        return self.loss(self.stage, self.model, *batch)
+
+
 @torch.no_grad()
 def cache_clip_embeddings(clip_model, data, chunk=500):
     """clip_embeddings of a whole data set whose images have one caption each, computed once:
@@ -232,6 +262,13 @@ def load_batch(data, index, device, memory_format, clip_model, clip_cache):
 def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=False):
     """Train one stage into OUT/STAGE.pt; returns (model, EMA model or None, training data)."""
     device = pick_device(device)
+    rank, world = process_group(device)
+    if world > 1 and device.type == "cuda":  # one GPU a process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if run["batch_size"] % world:
+        raise ValueError(f"--batch_size={run['batch_size']} must divide among the {world} "
+                         "processes: make it a multiple")
     path = os.path.join(out, f"{stage}.pt")
     state = load_checkpoint(path, stage) if resume else None  # fail before rendering any data
     os.makedirs(out, exist_ok=True)
@@ -267,28 +304,33 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         start = state["step"]
-    loss_function = torch.compile(stage_loss) if run["compile"] else stage_loss
+    loss_function = StageLoss(stage, model, run["compile"])
+    if world > 1:  # the processes start from rank 0's weights and average every gradient
+        loss_function = DistributedDataParallel(loss_function)
     log_path = os.path.join(out, f"{stage}_log.jsonl")
     kept = []
     if start and os.path.exists(log_path):  # the steps before the checkpoint; later ones rerun
         with open(log_path) as f:
             kept = [line for line in f if json.loads(line)["step"] < start]
-    log = open(log_path, "w")
+    log = open(log_path if rank == 0 else os.devnull, "w")  # rank 0 alone writes
     log.writelines(kept)
 
     model.train()
     desc = f"{stage} ({device.type}, {'bf16' if gpu['autocast'] else 'fp32'})"
     bar = tqdm(range(start, run["steps"]), initial=start, total=run["steps"], desc=desc,
-               disable=quiet, mininterval=1.0, dynamic_ncols=True)
+               disable=quiet or rank > 0, mininterval=1.0, dynamic_ncols=True)
     last_saved, tic = start, time.time()
     for step in bar:
         torch.manual_seed(step_seed(seed, step))  # all of this step's randomness
         index = torch.randint(len(data), (run["batch_size"],))
+        if world > 1:  # each process takes its share of the batch, and its own noise
+            index = index[rank::world]
+            torch.manual_seed(step_seed(seed, step) * world + rank)
         batch = load_batch(data, index, device, memory_format, clip_model, clip_cache)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(run, step)
         with autocast:
-            loss, figures = loss_function(stage, model, *batch)
+            loss, figures = loss_function(*batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run["grad_clip"])
@@ -308,7 +350,7 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
             rate = 10 * run["batch_size"] / (time.time() - tic)
             bar.set_postfix_str(f"loss {loss.item():.4f} {rate:.0f} img/s", refresh=False)
             tic = time.time()
-        if (step + 1) % run["checkpoint_every"] == 0 or step + 1 == run["steps"]:
+        if rank == 0 and ((step + 1) % run["checkpoint_every"] == 0 or step + 1 == run["steps"]):
             log.flush()
             save_checkpoint(path, dict(
                 format=FORMAT, stage=stage, config=config, run=run, seed=seed, step=step + 1,
@@ -318,6 +360,8 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
             last_saved = step + 1
     bar.close()
     log.close()
+    if world > 1:
+        dist.barrier()  # the checkpoint is written before any process reads it
     return model.eval(), ema.model if ema is not None else None, data
 
 
@@ -350,7 +394,7 @@ def run_stage(stage, args, flags, ignore_unknown=False):
                                        args.quiet)
         model = ema or model
         figures = {"train_seconds": round(time.time() - tic, 1)}
-        if args.no_eval:
+        if args.no_eval or (dist.is_initialized() and dist.get_rank() > 0):  # rank 0 evaluates
             return
         if ignore_unknown and stage == "decoder":  # the main job spends its minutes training:
             write_metrics(args.out, stage, figures)  # `train.py decoder --eval` for the ceiling
@@ -398,7 +442,8 @@ def main(argv=None):
         tic = time.time()
         for stage in stages:
             run_stage(stage, args, flags, ignore_unknown=len(stages) > 1)
-        if len(stages) > 1 and not args.no_eval:
+        if len(stages) > 1 and not args.no_eval and not (dist.is_initialized()
+                                                          and dist.get_rank() > 0):
             figures = evaluate_unclip(args.out, pick_device(args.device))
             write_metrics(args.out, "unclip", dict(figures,
                                                    total_seconds=round(time.time() - tic, 1)))

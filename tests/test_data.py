@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_folder_of_class_subfolders(tmp_path):
         os.makedirs(tmp_path / cls, exist_ok=True)
         _save(tmp_path / cls / f"{mode}.png", mode)
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    with pytest.warns(UserWarning, match="skipped 1 file"):
+    with pytest.warns(UserWarning, match="skipped 1 of 5 images.*notes.txt"):
         d = data.load_folder(str(tmp_path), resolution=16)
     assert d.images.shape == (4, 3, 16, 16)
     assert d.class_names == ("cat", "dog") and d.labels.tolist() == [0, 0, 1, 1]
@@ -92,23 +93,118 @@ def test_folder_with_metadata_jsonl(tmp_path):
         data.load_folder(str(tmp_path))
 
 
-def test_coco_mini_is_built_once_and_cached(tmp_path):
-    os.makedirs(tmp_path / "annotations")
-    os.makedirs(tmp_path / "val2017")
-    images, annotations = [], []
-    for i in range(4):
-        _save(tmp_path / "val2017" / f"{i:012d}.jpg", "RGB")
-        images.append({"id": 10 + i, "file_name": f"{i:012d}.jpg", "width": 40, "height": 30})
-        annotations += [{"id": 2 * i, "image_id": 10 + i, "caption": f"thing {i} "},
-                        {"id": 2 * i + 1, "image_id": 10 + i, "caption": f"other {i}"}]
-    (tmp_path / "annotations" / "captions_val2017.json").write_text(
-        json.dumps({"images": images, "annotations": annotations}))
-    d = data.load_coco(str(tmp_path), "val", resolution=16, n=3)
-    assert d.images.shape == (3, 3, 16, 16) and d.captions[1] == ["thing 1", "other 1"]
-    for f in os.listdir(tmp_path / "val2017"):
-        os.remove(tmp_path / "val2017" / f)
-    again = data.load_coco(str(tmp_path), "val", resolution=16, n=3)  # from the cache alone
-    assert torch.equal(again.images, d.images) and again.captions == d.captions
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")  # real bytes: see its README
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def _psnr(a, b):
+    return 10 * torch.log10(255.0 ** 2 / (a.double() - b.double()).pow(2).mean()).item()
+
+
+def test_real_cifar10_archive_and_its_jpeg_folders_agree(tmp_path):
+    archive = os.path.join(FIXTURES, "cifar-10-mini.tar.gz")
+    with pytest.warns(UserWarning, match="4 of 5 train batches missing.*data_batch_2"):
+        train = data.load_cifar10(archive)
+    test = data.load_cifar10(archive, "test")
+    # The official first labels (the data README), the class names, our captions.
+    assert train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert test.labels.tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert train.class_names[0] == "airplane" and len(train) == 20
+    assert test.captions[3][0] == "a photo of an airplane"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    with pytest.warns(UserWarning):
+        assert torch.equal(data.load_cifar10(str(tmp_path)).images, train.images)
+    # The same pictures as JPEG class folders (train/ and test/): within JPEG's loss of the
+    # lossless pixels, and far from any other image.
+    folders = data.load_data(f"folder:{FIXTURES}/cifar10-jpg-mini", split="test")
+    assert folders.class_names == ("airplane", "cat") and folders.labels.tolist() == [0, 0, 1, 1]
+    assert len(data.load_folder(f"{FIXTURES}/cifar10-jpg-mini")) == 6
+    pairs = [(folders.images[0], test.images[3]), (folders.images[2], test.images[0])]
+    for jpeg, lossless in pairs:
+        assert _psnr(jpeg, lossless) > 23 and _psnr(jpeg, test.images[1]) < 15
+
+
+def test_cifar10_without_a_batch_of_the_split_names_the_file(tmp_path):
+    with tarfile.open(os.path.join(FIXTURES, "cifar-10-mini.tar.gz")) as tar:
+        tar.extractall(tmp_path, filter="data")
+    os.remove(tmp_path / "cifar-10-batches-py" / "test_batch")
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*no test_batch"):
+        data.load_cifar10(str(tmp_path), "test")
+
+
+def test_flickr8k_captions_as_json_and_as_csv_are_the_same_data():
+    json_file, csv_file = (os.path.join(FIXTURES, "flickr8k-mini", f) for f in
+                           ("captions_coco_style.json", "captions.txt"))
+    splits = {}
+    for split in ("train", "test"):
+        a = data.load_data(f"captions:{json_file}", 32, split=split)
+        b = data.load_data(f"captions:{csv_file}", 32, split=split)
+        assert torch.equal(a.images, b.images) and a.captions == b.captions
+        assert all(len(c) == 5 for c in a.captions) and a.images.shape[1:] == (3, 32, 32)
+        splits[split] = {tuple(c) for c in a.captions}
+    # No split in the data: a fixed half (at most 1,000 images) is held out, disjoint from train.
+    assert len(splits["train"]) == len(splits["test"]) == 6
+    assert not splits["train"] & splits["test"]
+    first = [c for c in splits["train"] | splits["test"] if c[0].startswith("A child in a pink")]
+    assert first == [("A child in a pink dress is climbing up a set of stairs in an entry way .",
+                      "A girl going into a wooden building .",
+                      "A little girl climbing into a wooden playhouse .",
+                      "A little girl climbing the stairs to her playhouse .",
+                      "A little girl in a pink dress going into a wooden cabin .")]
+
+
+def test_captions_skip_missing_images_unreadable_images_and_orphan_captions(tmp_path):
+    shutil.copytree(os.path.join(FIXTURES, "flickr8k-mini"), tmp_path / "f")
+    meta = json.loads((tmp_path / "f" / "captions_coco_style.json").read_text())
+    names = sorted(im["file_name"] for im in meta["images"])
+    os.remove(tmp_path / "f" / "images" / names[0])
+    (tmp_path / "f" / "images" / names[1]).write_bytes(b"not a jpeg")
+    meta["annotations"].append({"id": -1, "image_id": 999, "caption": "no such image"})
+    (tmp_path / "f" / "captions_coco_style.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning) as caught:
+        kept = [len(data.load_captions(str(tmp_path / "f" / "captions_coco_style.json"), split))
+                for split in ("train", "test")]
+    messages = " ".join(str(w.message) for w in caught)
+    assert sum(kept) == 10 and "skipped 1 captions whose image_id" in messages
+    assert "missing or not readable" in messages
+    with pytest.raises(ValueError, match="not a COCO-captions JSON"):
+        (tmp_path / "bad.json").write_text('{"images": []}')
+        data.load_captions(str(tmp_path / "bad.json"))
+
+
+def test_coco_official_layout_keeps_every_caption_and_centre_crops():
+    root = os.path.join(FIXTURES, "coco-mini")
+    val = data.load_coco(root, "val", resolution=32)
+    meta = json.load(open(os.path.join(root, "annotations", "captions_val2017.json")))
+    first = min(meta["images"], key=lambda im: im["id"])
+    assert (first["width"], first["height"]) != (80, 80)  # not square
+    assert val.captions[0] == [a["caption"].strip() for a in meta["annotations"]
+                               if a["image_id"] == first["id"]]
+    with Image.open(os.path.join(root, "val2017", first["file_name"])) as img:
+        w, h = img.size
+        side = min(w, h)
+        crops = [np.array(img.convert("RGB").crop((x, y, x + side, y + side))
+                          .resize((32, 32), Image.BICUBIC))
+                 for x, y in [((w - side) // 2, (h - side) // 2), (0, 0)]]
+    centre, corner = (torch.from_numpy(c).permute(2, 0, 1) for c in crops)
+    # The loader lets the JPEG decoder downscale first (draft): a level or two off, no more.
+    assert _psnr(val.images[0], centre) > 35 > _psnr(val.images[0], corner)
+    assert len(data.load_data(f"coco:{root}", 16, split="train")) == 3
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="the project's shared data is not here")
+def test_the_shared_real_data_sets_load_whole(tmp_path):
+    cifar = os.path.join(SHARED, "cifar-10-subset-python.tar.gz")
+    with pytest.warns(UserWarning, match="4 of 5"):
+        assert len(data.load_cifar10(cifar)) == 4000
+    assert data.load_cifar10(cifar, "test").labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    with tarfile.open(os.path.join(SHARED, "flickr8k-64.tar.gz")) as tar:
+        tar.extractall(tmp_path, filter="data")
+    sizes = [data.load_captions(str(tmp_path / "captions.txt"), split, 16)
+             for split in ("train", "test")]
+    assert [len(d) for d in sizes] == [7091, 1000]
+    assert sum(len(c) for d in sizes for c in d.captions) == 40455
 
 
 def test_load_data_errors_name_the_problem(tmp_path):

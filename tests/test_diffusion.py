@@ -99,6 +99,25 @@ def test_parameterisations_convert_exactly(prediction):
     assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps, noise, atol=1e-4)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighted_loss_is_min_snr_gamma_times_the_x0_error(prediction):
+    # Whatever the target, the weighted loss of one wrong prediction must equal
+    # min(SNR, gamma) * |x0_hat - x0|^2: Min-SNR's weighting, stated in x_0 units.
+    d = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none", min_snr_gamma=5.0)
+    x0, t = torch.randn(8, 2), torch.arange(0, 96, 12)
+    output = torch.randn(8, 2)  # the network's (wrong) raw output
+    torch.manual_seed(0)
+    loss = d.training_loss(lambda x, s: output, x0, t)
+    torch.manual_seed(0)
+    x_t = d.q_sample(x0, t, torch.randn_like(x0))
+    _, x0_hat = d.predict_eps_x0(lambda x, s: output, x_t, t)
+    snr = d.alphas_cumprod[t] / (1 - d.alphas_cumprod[t])
+    expected = (snr.clamp(max=5.0) * (x0_hat - x0).double().pow(2).mean(1)).mean()
+    assert abs(loss.item() - expected.item()) < 1e-4 * expected.item()
+    plain = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none")
+    assert torch.equal(plain.loss_weight(t), torch.ones(8))
+
+
 def test_v_is_the_published_definition():
     # A round trip passes a consistently wrong v; Salimans & Ho's definition does not:
     # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, and x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v.

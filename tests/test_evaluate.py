@@ -116,3 +116,26 @@ def test_binding_scores_one_for_a_model_that_binds_and_chance_for_a_bag_of_attri
     assert all(v == 1.0 for v in bound.values()), bound
     bag = evaluate.binding(_HandBuiltCLIP(bound=False), n=100, seed=5)
     assert all(v == 0.5 for v in bag.values()), bag  # every foil ties with its caption
+
+
+def test_zero_shot_accuracy_reads_the_class_names_in_every_template():
+    # A hand-built CLIP on two colours: a caption naming "an orange" points one way, "a blue"
+    # the other; an image points by its mean red minus blue. Every image is classified right;
+    # labels swapped, every one wrong.
+    import data
+
+    class Stub:
+        def encode_text(self, texts):
+            return torch.tensor([[1.0, 0.0] if "an orange" in t else [0.0, 1.0] for t in texts])
+
+        def encode_image(self, x):
+            red_minus_blue = x[:, 0].mean((1, 2)) - x[:, 2].mean((1, 2))
+            return torch.stack([red_minus_blue, -red_minus_blue], 1)
+
+    images = torch.zeros(6, 3, 4, 4, dtype=torch.uint8)
+    images[:3, 0], images[3:, 2] = 255, 255                  # three orange-red, three blue
+    labelled = data.TensorData(images, [[""]] * 6, torch.tensor([0, 0, 0, 1, 1, 1]),
+                               ("orange", "blue"))
+    assert evaluate.zero_shot_accuracy(Stub(), labelled) == 1.0
+    labelled.labels = 1 - labelled.labels
+    assert evaluate.zero_shot_accuracy(Stub(), labelled) == 0.0

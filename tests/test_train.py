@@ -221,6 +221,30 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     _assert_resume_matches_a_straight_run(args, killed, tmp_path / "straight")
 
 
+def test_torchrun_with_two_gloo_processes_learns_what_one_process_does(tmp_path):
+    """`torchrun --nproc_per_node=2 train.py` (DistributedDataParallel over gloo, on the CPU):
+    each process takes half of every step's batch and DDP averages the gradients, so the weights
+    are one process's on the whole batch, up to float rounding. Stopped after 3 steps and
+    resumed to 6, with rank 0 alone writing the checkpoint and the log."""
+    args = ["ae", "--resolution", "16", "--batch-size", "8", "--n_train=32", "--channels=8",
+            "--checkpoint_every=3", "--quiet", "--no-eval", "--device=cpu"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "train.py", *args, "--out", str(tmp_path / "ddp")]
+    for more in (["--steps", "3"], ["--steps", "6", "--resume"]):
+        subprocess.run(torchrun + more, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       check=True, timeout=300, capture_output=True)
+    train.main(args + ["--steps", "6", "--out", str(tmp_path / "one")])
+    train.main(args + ["--steps", "6", "--batch-size", "4", "--out", str(tmp_path / "half")])
+    ddp, one, half = (checkpoint.load_checkpoint(str(tmp_path / f / "ae.pt"))["model"]
+                      for f in ("ddp", "one", "half"))
+    gap = max((ddp[k] - one[k]).abs().max().item() for k in one)
+    half_gap = max((half[k] - one[k]).abs().max().item() for k in one)
+    assert gap < 1e-5 < half_gap, (gap, half_gap)  # one process on half the batch is far off
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "ae_log.jsonl")]
+    assert steps == list(range(6))
+
+
 def test_run_killed_mid_checkpoint_write_keeps_the_previous_one_and_resumes_exactly(tmp_path):
     """A real process is killed (SIGKILL) halfway through writing its second checkpoint: the
     first stays whole, and --resume from it ends with the weights of an uninterrupted run."""
@@ -355,7 +379,8 @@ def test_gpu_preset_models_build_and_take_a_training_step():
 
 def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path, monkeypatch):
     # CIFAR-10's captions ("a photo of a cat") are not shapes captions: the cascade is scored by
-    # CLIP-FID against held-out images at each resolution instead of exact match.
+    # CLIP-FID against held-out images at each resolution, and the CLIP score, instead of exact
+    # match.
     import data as datasets
     import evaluate
     from test_data import _tiny_cifar
@@ -377,6 +402,9 @@ def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path, monkeypat
         figures = evaluate.evaluate_unclip(out, "cpu")
         for key in ("clip_fid_32px", "clip_fid_64px"):
             assert (figures[key] < 1e-6) == near_zero, (sign, key, figures)
+        # The real images' own CLIP score is the one such a cascade would get.
+        same = abs(figures["clip_score_64px"] - figures["clip_score_real"]) < 1e-6
+        assert same == near_zero and "clip_score_shuffled" in figures
 
 
 def test_data_moves_to_the_gpu_only_when_it_fits(monkeypatch):
