@@ -145,9 +145,9 @@ def load_cifar10(path, split="train", resolution=32):
     return TensorData(images, captions, labels, classes)
 
 
-def _read_images(paths, resolution, missing_ok=False):
-    """Read and square images; unreadable files (and, with missing_ok, absent ones) are skipped
-    with one warning that counts them and names the first."""
+def _read_images(paths, resolution):
+    """Read and square images; missing or unreadable files are skipped with one warning that
+    counts them and names the first."""
     kept, arrays, bad = [], [], []
     for i, p in enumerate(paths):
         try:
@@ -155,10 +155,6 @@ def _read_images(paths, resolution, missing_ok=False):
                 img.draft("RGB", (resolution, resolution))  # a JPEG decodes at >= R, faster
                 arrays.append(square_image(img, resolution))
             kept.append(i)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise FileNotFoundError(f"no image at {p}: check the path") from None
-            bad.append(p)
         except (OSError, ValueError, Image.DecompressionBombError):
             bad.append(p)
     if bad:
@@ -201,7 +197,7 @@ def load_folder(path, resolution=32, split="train"):
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise ValueError(f"{meta}:{k + 1}: expected a JSON object with 'file_name' "
                                          "and 'text'; fix or remove that line") from None
-        images, kept = _read_images([r[0] for r in rows], resolution, missing_ok=True)
+        images, kept = _read_images([r[0] for r in rows], resolution)
         if images is None:
             _fail(path, "metadata.jsonl names no readable image", "Check the file_name entries")
         captions = [[t] if isinstance(t, str) else list(t) for t in (rows[i][1] for i in kept)]
@@ -269,8 +265,7 @@ def load_captions(path, split="train", resolution=64, holdout=1000):
     if rows and not os.path.exists(os.path.join(folder, rows[0][0])):
         folder = os.path.join(folder, "images")
     rows = [rows[i] for i in split_indices(len(rows), split, holdout).tolist()]
-    images, kept = _read_images([os.path.join(folder, r[0]) for r in rows], resolution,
-                                missing_ok=True)
+    images, kept = _read_images([os.path.join(folder, r[0]) for r in rows], resolution)
     if images is None:
         _fail(folder, f"no readable image named by {path}", "Put the images next to the file "
               "or in an images/ folder beside it")
@@ -291,7 +286,7 @@ def load_coco(path, split="train", resolution=64, n=10000, seed=None):
             len(rows), generator=torch.Generator().manual_seed(seed)).tolist()]
     rows = rows[:n]
     images, kept = _read_images([os.path.join(path, f"{split}2017", r[0]) for r in rows],
-                                resolution, missing_ok=True)
+                                resolution)
     if images is None:
         _fail(os.path.join(path, f"{split}2017"), "no readable COCO image",
               "Check the image folder")

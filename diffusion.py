@@ -126,15 +126,17 @@ class GaussianDiffusion:
         return x0 if self.prediction == "x0" else self.v_from_x0_eps(x0, t, noise)
 
     def loss_weight(self, t):
-        """(B,) weights of the per-timestep errors. 1: the simple loss, whose error in x_0 is
-        weighted by SNR (eps), 1 (x0) or SNR + 1 (v), SNR = abar / (1 - abar). min_snr_gamma > 0:
-        min(SNR, gamma) for every target (Min-SNR, Hang et al. 2023, eq. 9), so the nearly
-        clean timesteps stop dominating the gradient."""
+        """(B,) weights of the per-timestep errors. The simple loss weights the error in x_0 by
+        SNR (eps), 1 (x0) or SNR + 1 (v), SNR = abar / (1 - abar). min_snr_gamma > 0 caps that
+        weight at gamma, so the nearly clean timesteps stop dominating the gradient (Min-SNR,
+        Hang et al. 2023: min(SNR, gamma) for eps). For v the paper's min(SNR, gamma) would also
+        starve the noisiest steps, where the layout is decided (our decoder's relation fell from
+        0.91 to 0.54, docs/results.md); capping SNR + 1 keeps them as the simple loss has them."""
         if not self.min_snr_gamma:
             return torch.ones(len(t), device=t.device)
         snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]
-        per_target = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
-        return snr.clamp(max=self.min_snr_gamma) / per_target
+        implicit = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
+        return implicit.clamp(max=self.min_snr_gamma) / implicit
 
     def training_loss(self, model_fn, x0, t=None):
         """The simple loss (DDPM eq. 14), for whichever target the model predicts (weighted per
@@ -545,6 +547,8 @@ class ClassifierConfig(UNetConfig):
     num_classes: int = 3
     timesteps: int = 1000
     schedule: str = "cosine"
+    max_timestep: int = 0    # trained on t < this (0: all of them); 1: clean images only, a plain
+                             # classifier that scores generated samples (evaluate.py)
 
 
 class NoisyClassifier(nn.Module):
@@ -564,15 +568,20 @@ class NoisyClassifier(nn.Module):
                                   nn.Linear(c, cfg.num_classes))  # (B, C, h, w) -> (B, classes)
         self.diffusion = make_diffusion(DDPMConfig(timesteps=cfg.timesteps, schedule=cfg.schedule))
 
-    def forward(self, x_t, t):
+    def features(self, x_t, t):
+        """(B, C) pooled features, what the linear head reads."""
         emb = self.time_embed(timestep_embedding(t, self.cfg.channels))
         h = self.input_conv(x_t)
         for block in self.down:
             h = block(h, emb)
-        return self.head(self.middle(h, emb))
+        return self.head[:-1](self.middle(h, emb))
+
+    def forward(self, x_t, t):
+        return self.head[-1](self.features(x_t, t))
 
     def loss(self, x0, y):
-        t = torch.randint(0, self.cfg.timesteps, (len(x0),), device=x0.device)
+        t = torch.randint(0, self.cfg.max_timestep or self.cfg.timesteps, (len(x0),),
+                          device=x0.device)
         logits = self(self.diffusion.q_sample(x0, t, torch.randn_like(x0)), t)
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"accuracy": (logits.argmax(1) == y).float().mean().item()}

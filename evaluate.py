@@ -4,7 +4,9 @@ train.py calls `evaluate(stage, ...)` when a stage finishes and `evaluate_unclip
 job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
   - AE, DAE, VAE, VQ-VAE: reconstruction MSE (and PSNR) against the mean image; the VAE's
     negative ELBO in bits per dimension; the VQ-VAE's code perplexity and dead codes.
-  - DDPM: a grid of samples per class, and on shapes the share with the requested shape.
+  - DDPM: a grid of samples per class, and on shapes the share with the requested shape; on
+    real labelled data (`--ddpm-quality`), a plain classifier's accuracy on the samples of each
+    requested class and the Frechet distance in its features, per guidance scale.
   - CLIP: retrieval recall@1/5/10; on labelled data (CIFAR-10, class folders), zero-shot
     accuracy from the class names; on shapes, zero-shot accuracy per attribute (colour, shape, size,
     position), also on the colour-shape pairs never seen in training, and binding: the true
@@ -27,8 +29,8 @@ of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as
 symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
 
 Defines: feature_statistics, frechet_distance, clip_features, clip_score, shapes_zero_shot,
-binding, exact_match, held_out_scenes, held_out_prompts, zero_shot_accuracy, evaluate (one
-stage), evaluate_unclip (the cascade), guidance_sweep.
+binding, exact_match, held_out_scenes, held_out_prompts, zero_shot_accuracy,
+class_conditional_quality, evaluate (one stage), evaluate_unclip (the cascade), guidance_sweep.
 Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
 against held-out shapes scenes at several decoder guidance scales; `python evaluate.py --models
 OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on another labelled data set.
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 import data as datasets
 import shapes
-from checkpoint import load_checkpoint, load_clip, load_unclip, native_bf16
+from checkpoint import load_checkpoint, load_clip, load_unclip, native_bf16, restore_model
 from clip import clip_embeddings, retrieval, zero_shot_weights
 from unclip import unclip_sample
 
@@ -220,6 +222,45 @@ def evaluate_ddpm(model, class_names, device, out, per_class=16):
     return {"shape_accuracy": sum(right) / len(right)}
 
 
+@torch.no_grad()
+def class_conditional_quality(ddpm, classifier, real_train, real_test, out, scales=(0, 1, 2, 4),
+                              per_class=50, steps=50):
+    """A class-conditional DDPM on real data, judged by a plain classifier trained on the real
+    training images (`train.py classifier --max_timestep=1`): per guidance scale w, the
+    classifier's accuracy on samples of each requested class, and the Frechet distance in its
+    pooled features to as many real test images (FID's recipe with our own classifier, so only
+    comparable between our runs). Floor and ceiling: the same figures for real images."""
+    device = next(ddpm.parameters()).device
+    n = per_class * ddpm.cfg.num_classes
+
+    def judge(images, labels):  # accuracy, and features (N, C)
+        t = torch.zeros(len(images), dtype=torch.long, device=device)
+        features = torch.cat([classifier.features(x, t[:len(x)]).float().cpu()
+                              for x in images.to(device).split(250)])
+        predicted = classifier.head[-1](features.to(device)).argmax(1).cpu()
+        return (predicted == labels.cpu()).float().mean().item(), features
+
+    test = real_test.batch(torch.arange(min(n, len(real_test))))
+    accuracy, test_features = judge(test[0], test[2])
+    stats = feature_statistics(test_features)
+    train = real_train.batch(torch.randperm(len(real_train),
+                                            generator=torch.Generator().manual_seed(0))[:n])
+    figures = {"classifier_test_accuracy": accuracy, "real_train_vs_test_fd": frechet_distance(
+        *feature_statistics(judge(train[0], train[2])[1]), *stats)}
+    y = torch.arange(ddpm.cfg.num_classes, device=device).repeat_interleave(per_class)
+    for w in scales:
+        torch.manual_seed(0)
+        images = torch.cat([ddpm.sample(len(c), c, guidance_scale=w, steps=steps, device=device)
+                            for c in y.split(250)])
+        accuracy, features = judge(images, y)
+        figures[f"w{w}_accuracy"] = accuracy
+        figures[f"w{w}_fd"] = frechet_distance(*feature_statistics(features), *stats)
+        pick = torch.cat([torch.arange(8) + k * per_class for k in range(ddpm.cfg.num_classes)])
+        datasets.save_grid(images[pick.to(device)].cpu(),
+                           os.path.join(out, f"ddpm_samples_w{w}.png"), nrow=8, scale=2)
+    return figures
+
+
 def evaluate_prior(model, clip_model, test_data, n=200):
     """Mean cosine between the embedding sampled for a held-out caption and its image's true
     embedding; baselines: the caption's text embedding, and another image's embedding."""
@@ -390,11 +431,29 @@ def main(argv=None, more_features=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="out")
     parser.add_argument("--n", type=int, default=300, help="generated and real images")
-    parser.add_argument("--guidance", default="1,2,3,5", help="decoder guidance scales")
+    parser.add_argument("--guidance", default="1,2,3,5",
+                        help="guidance scales (the decoder's; with --ddpm-quality the DDPM's)")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--zero-shot", metavar="DATA", help="instead: zero-shot accuracy of "
                         "MODELS/clip.pt on DATA's test split (e.g. cifar10:PATH)")
+    parser.add_argument("--ddpm-quality", metavar="DATA", help="instead: MODELS/ddpm.pt judged "
+                        "by MODELS/classifier.pt (trained with --max_timestep=1) on DATA")
+    parser.add_argument("--per-class", type=int, default=50, help="samples per class")
     args = parser.parse_args(argv)
+    scales = [float(s) for s in args.guidance.split(",")]
+    if args.ddpm_quality:
+        ddpm, classifier = (restore_model(load_checkpoint(os.path.join(args.models, f"{s}.pt"),
+                                                          s)) for s in ("ddpm", "classifier"))
+        res = ddpm.cfg.resolution
+        figures = class_conditional_quality(
+            ddpm, classifier, datasets.load_data(args.ddpm_quality, res, split="train"),
+            datasets.load_data(args.ddpm_quality, res, split="test"), args.models,
+            scales, args.per_class)
+        print(figures)
+        with open(os.path.join(args.models, "ddpm_quality.json"), "w") as f:
+            json.dump(dict(figures, per_class=args.per_class,
+                           command=" ".join(["python"] + sys.argv)), f, indent=1)
+        return
     if args.zero_shot:
         model = load_clip(args.models)
         test = datasets.load_data(args.zero_shot, model.cfg.resolution, split="test")
@@ -407,7 +466,6 @@ def main(argv=None, more_features=None):
         with open(os.path.join(args.models, "zero_shot.json"), "w") as f:
             json.dump(figures, f, indent=1)
         return
-    scales = [float(s) for s in args.guidance.split(",")]
     results = guidance_sweep(args.models, args.n, scales, more_features)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "clip_fid.json"), "w") as f:

@@ -1,7 +1,7 @@
 """Train any stage of the ladder: one plain loop, one checkpoint format.
 
     python train.py                  # the main job: unCLIP on shapes (CLIP, prior, decoder,
-                                     # upsampler, one after the other), 17 min on 2 cores
+                                     # upsampler, one after the other), 18 min on 2 cores
     python train.py decoder          # one stage; prior, ar_prior and decoder read OUT/clip.pt
     python train.py vqvae --steps 500 --out runs/vq
     python train.py ddpm --data cifar10:~/data/cifar-10-python.tar.gz --preset gpu-cifar10
@@ -82,8 +82,9 @@ STAGE_RUNS = {
 }
 UNCLIP_STAGES = ("clip", "prior", "decoder", "upsampler")  # the main job, in order
 # One-GPU presets, overrides for every stage ("all") and per stage: unCLIP on CIFAR-10 (32 -> 64
-# px; with `ddpm`, the class-conditional DDPM) and on COCO-mini (64 -> 128 px). Steps are sized by
-# counted FLOPs (`python bench/throughput.py --presets`); no preset has been timed on a GPU yet.
+# px; with `ddpm`, the class-conditional DDPM), on Flickr8k (32 -> 64 px) and on COCO (64 -> 128
+# px). Steps are sized by counted FLOPs (`python bench/throughput.py --presets`) and epochs; no
+# preset has been timed on a GPU yet.
 GPU_UNET = dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
                 attention_resolutions=(16, 8))
 GPU_DIFFUSION = dict(lr=2e-4, ema_decay=0.9999, warmup=1000, batch_size=128)
@@ -103,6 +104,13 @@ PRESETS = {
         "prior": dict(GPU_PRIOR, steps=20000),
         "decoder": dict(GPU_DIFFUSION, **GPU_UNET, steps=40000),
         "upsampler": dict(GPU_UPSAMPLER, resolution=64, low_resolution=32, steps=15000),
+    },
+    "gpu-flickr8k": {  # 7,091 training photos: fewer steps than COCO, or they are memorised
+        "all": dict(data="captions:data/flickr8k-64/captions.txt", checkpoint_every=5000),
+        "clip": dict(GPU_CLIP, steps=2000),
+        "prior": dict(GPU_PRIOR, steps=10000),
+        "decoder": dict(GPU_DIFFUSION, **GPU_UNET, steps=15000),
+        "upsampler": dict(GPU_UPSAMPLER, resolution=64, low_resolution=32, steps=8000),
     },
     "gpu-coco": {
         "all": dict(data="coco:data/coco", resolution=64, n_train=50000, checkpoint_every=5000),
@@ -450,6 +458,9 @@ def main(argv=None):
     except (ValueError, OSError, FloatingPointError) as e:  # user-facing errors: one line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

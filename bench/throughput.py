@@ -234,7 +234,7 @@ def main():
         print("| preset | stage | parameters | training GFLOPs per image | batch | steps | "
               "expected hours at 100 TFLOP/s |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for preset in ("gpu-cifar10", "gpu-coco"):
+        for preset in ("gpu-cifar10", "gpu-flickr8k", "gpu-coco"):
             for stage, params, gflops, batch, steps, hours in preset_estimates(preset):
                 print(f"| {preset} | {stage} | {params / 1e6:.1f}M | {gflops:.2f} | {batch} | "
                       f"{steps:,} | {hours:.2f} |", flush=True)

@@ -100,9 +100,10 @@ def test_parameterisations_convert_exactly(prediction):
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_min_snr_weighted_loss_is_min_snr_gamma_times_the_x0_error(prediction):
+def test_min_snr_caps_the_weight_of_the_x0_error_at_gamma(prediction):
     # Whatever the target, the weighted loss of one wrong prediction must equal
-    # min(SNR, gamma) * |x0_hat - x0|^2: Min-SNR's weighting, stated in x_0 units.
+    # min(w, gamma) * |x0_hat - x0|^2, w the simple loss's own weight of the x_0 error: SNR for
+    # eps (Min-SNR exactly), 1 for x0, SNR + 1 for v.
     d = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none", min_snr_gamma=5.0)
     x0, t = torch.randn(8, 2), torch.arange(0, 96, 12)
     output = torch.randn(8, 2)  # the network's (wrong) raw output
@@ -112,7 +113,8 @@ def test_min_snr_weighted_loss_is_min_snr_gamma_times_the_x0_error(prediction):
     x_t = d.q_sample(x0, t, torch.randn_like(x0))
     _, x0_hat = d.predict_eps_x0(lambda x, s: output, x_t, t)
     snr = d.alphas_cumprod[t] / (1 - d.alphas_cumprod[t])
-    expected = (snr.clamp(max=5.0) * (x0_hat - x0).double().pow(2).mean(1)).mean()
+    implicit = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[prediction]
+    expected = (implicit.clamp(max=5.0) * (x0_hat - x0).double().pow(2).mean(1)).mean()
     assert abs(loss.item() - expected.item()) < 1e-4 * expected.item()
     plain = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none")
     assert torch.equal(plain.loss_weight(t), torch.ones(8))
@@ -268,6 +270,19 @@ def test_label_dropout_rate_is_p_uncond(monkeypatch):
     null = seen[0] == 3
     assert abs(null.float().mean().item() - model.cfg.p_uncond) < 0.006
     assert torch.equal(seen[0][~null], labels[~null])  # the others are left as they were
+
+
+@pytest.mark.parametrize("max_timestep", [0, 1, 7])
+def test_classifier_trains_on_the_timesteps_below_max_timestep(monkeypatch, max_timestep):
+    # 1: clean images only (a plain classifier); 0: the whole schedule.
+    cfg = ClassifierConfig(**_tiny_unet_config(), timesteps=50, max_timestep=max_timestep)
+    clf = NoisyClassifier(cfg)
+    seen = []
+    monkeypatch.setattr(clf, "forward", lambda x_t, t: seen.append(t) or torch.zeros(len(t), 3))
+    clf.loss(torch.zeros(4000, 3, 8, 8), torch.zeros(4000, dtype=torch.long))
+    assert seen[0].max().item() == (max_timestep or 50) - 1 and seen[0].min().item() == 0
+    features = NoisyClassifier(cfg).features(torch.zeros(2, 3, 16, 16), torch.zeros(2).long())
+    assert features.shape == (2, cfg.channels * cfg.channel_mult[-1])
 
 
 def test_noisy_classifier_learns_and_guides():

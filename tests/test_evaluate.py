@@ -139,3 +139,46 @@ def test_zero_shot_accuracy_reads_the_class_names_in_every_template():
     assert evaluate.zero_shot_accuracy(Stub(), labelled) == 1.0
     labelled.labels = 1 - labelled.labels
     assert evaluate.zero_shot_accuracy(Stub(), labelled) == 0.0
+
+
+def test_class_conditional_quality_scores_the_requested_classes(tmp_path):
+    # Two classes of real images, reddish and bluish; a classifier that reads the mean colour.
+    # A "DDPM" that draws real images of the requested class at w >= 1 and only reddish ones at
+    # w = 0 must score accuracy 1 and a distance near the real floor, then 0.5 and far off.
+    import data
+
+    def real(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.arange(n) % 2
+        images = (torch.rand(n, 3, 4, 4, generator=g) * 100).byte()
+        images[labels == 0, 0] += 150
+        images[labels == 1, 2] += 150
+        return data.TensorData(images, [[""]] * n, labels, ("red", "blue"))
+
+    pool = real(400, 1)
+
+    class Classifier:
+        head = [None, lambda f: f[:, [0, 2]]]  # logits: red, blue
+
+        def features(self, x, t):
+            return x.mean((2, 3))
+
+    class DDPM(torch.nn.Module):
+        cfg = type("cfg", (), {"num_classes": 2})
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def sample(self, n, y, guidance_scale, steps, device):
+            wanted = y if guidance_scale >= 1 else 0 * y
+            index = torch.stack([(pool.labels == k).nonzero()[i, 0]
+                                 for i, k in enumerate(wanted.tolist())])
+            return pool.batch(index)[0]
+
+    figures = evaluate.class_conditional_quality(DDPM(), Classifier(), real(200, 2), real(200, 3),
+                                                 str(tmp_path), scales=(0, 1), per_class=20)
+    assert figures["classifier_test_accuracy"] == 1.0
+    assert figures["w1_accuracy"] == 1.0 and figures["w0_accuracy"] == 0.5
+    floor = figures["real_train_vs_test_fd"]
+    assert figures["w1_fd"] < 3 * floor < 100 * floor < figures["w0_fd"], figures
