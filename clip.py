@@ -43,8 +43,10 @@ import torch.nn.functional as F
 class ByteTokenizer:
     """Bytes 0..255, then start-of-text, end-of-text and padding; a fixed context length.
 
-    Text longer than the context is truncated (with a warning) so the end token always fits."""
+    Text longer than the context is truncated so the end token always fits (a warning, once per
+    tokenizer, names the first)."""
     unit = "bytes"
+    warned = False  # set on the instance by the first truncation
 
     def __init__(self, context_length=80):
         self.context_length = context_length
@@ -57,8 +59,11 @@ class ByteTokenizer:
     def encode(self, text):
         body = self.split(text)
         if len(body) > self.context_length - 2:
-            warnings.warn(f"caption truncated to {self.context_length - 2} {self.unit}: "
-                          f"{text[:40]!r}...")
+            if not self.warned:  # once: a data set may hold thousands
+                warnings.warn(f"captions longer than {self.context_length - 2} {self.unit} are "
+                              f"truncated (the first: {text[:40]!r}...); raise --context_length "
+                              "to keep more")
+                self.warned = True
             body = body[: self.context_length - 2]
         tokens = [self.sot] + body + [self.eot]
         return tokens + [self.pad] * (self.context_length - len(tokens))

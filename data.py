@@ -205,6 +205,10 @@ def load_folder(path, resolution=32, split="train"):
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     files = [(os.path.join(path, c, f), y) for y, c in enumerate(classes)
              for f in sorted(os.listdir(os.path.join(path, c)))]
+    # A fixed random order, not class after class: the first n images are then a sample of
+    # every class (the evaluations take the first 1,000 test images).
+    files = [files[i] for i in torch.randperm(len(files),
+                                              generator=torch.Generator().manual_seed(0))]
     if not files:
         _fail(path, "expected class sub-folders of images or a metadata.jsonl",
               "Arrange the images as PATH/CLASS/IMAGE.png or add metadata.jsonl")

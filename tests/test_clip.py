@@ -121,10 +121,12 @@ def test_tokenizer_round_trip_and_padding():
     assert tok.decode(tokens[0]) == "a small red circle" and tok.decode(tokens[1]) == "é"
 
 
-def test_tokenizer_truncates_with_warning():
+def test_tokenizer_truncates_with_one_warning():
     tok = ByteTokenizer(context_length=10)
-    with pytest.warns(UserWarning, match="truncated"):
-        tokens = tok(["a large purple triangle"])
+    with pytest.warns(UserWarning, match="truncated") as caught:
+        tokens = tok(["a large purple triangle", "a small green square"])
+        tok(["another long caption"])
+    assert len(caught) == 1  # not one per caption
     assert tokens[0, -1] == tok.eot and tok.decode(tokens[0]) == "a large "
 
 
