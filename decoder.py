@@ -38,7 +38,7 @@ class DecoderConfig(UNetConfig):
     schedule: str = "cosine"
     prediction: str = "v"           # see DDPMConfig: v trains faster than eps in short runs
     clip_x0: str = "clip"
-    min_snr_gamma: float = 5.0      # Min-SNR-style cap on the loss weights (diffusion.py)
+    min_snr_gamma: float = 5.0      # cap on the loss weight: one-object 0.75 -> 0.86 (dev set)
     p_drop_embedding: float = 0.1   # z_i zeroed this often in training
     p_drop_caption: float = 0.5     # the caption zeroed this often
     dropout: float = 0.0            # the U-Net's: a few epochs of training do not overfit

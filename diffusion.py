@@ -20,11 +20,13 @@ Papers: DDPM, Ho et al. 2020 (arXiv 2006.11239); improved DDPM (cosine schedule)
 Dhariwal 2021 (arXiv 2102.09672); DDIM, Song et al. 2020 (arXiv 2010.02502); classifier guidance,
 Dhariwal & Nichol 2021 (arXiv 2105.05233); classifier-free guidance, Ho & Salimans 2022
 (arXiv 2207.12598); v-prediction, Salimans & Ho 2022 (arXiv 2202.00512); GLIDE, Nichol et al. 2021
-(arXiv 2112.10741) for the U-Net's conditioning by context tokens.
+(arXiv 2112.10741) for the U-Net's conditioning by context tokens; Min-SNR loss weighting, Hang
+et al. 2023 (arXiv 2303.09556).
 
-Defines: schedules, GaussianDiffusion (q_sample, q_posterior, predictions, loss, p_sample,
-ddim_sample and their loops), EMA, the U-Net (UNetConfig, ResBlock, AttentionBlock, UNet), DDPM
-(the trainable model), NoisyClassifier, classifier_guidance and classifier_free_guidance.
+Defines: schedules, GaussianDiffusion (q_sample, q_posterior, predictions, loss_weight, loss,
+p_sample, ddim_sample and their loops), EMA, the U-Net (UNetConfig, ResBlock, AttentionBlock,
+UNet), DDPM (the trainable model), NoisyClassifier, classifier_guidance and
+classifier_free_guidance.
 Run `python diffusion.py` to fit a 2-D toy distribution and show both guidances at work.
 """
 import copy
@@ -134,7 +136,7 @@ class GaussianDiffusion:
         0.91 to 0.54, docs/results.md); capping SNR + 1 keeps them as the simple loss has them."""
         if not self.min_snr_gamma:
             return torch.ones(len(t), device=t.device)
-        snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]
+        snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]  # (B,)
         implicit = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
         return implicit.clamp(max=self.min_snr_gamma) / implicit
 
@@ -455,7 +457,7 @@ class DDPMConfig(UNetConfig):
                                 # (measured: 10% right shapes after 1,500 steps with eps)
     clip_x0: str = "clip"       # "none", "clip" or "dynamic" thresholding of predicted x_0
     p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
-    min_snr_gamma: float = 0.0  # > 0: Min-SNR loss weighting (GaussianDiffusion.loss_weight)
+    min_snr_gamma: float = 0.0  # > 0: cap the loss weight at it (GaussianDiffusion.loss_weight)
 
 
 def make_diffusion(cfg):

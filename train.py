@@ -194,6 +194,11 @@ def process_group(device):
     return (dist.get_rank() if world > 1 else 0), world
 
 
+def is_rank_zero():
+    """Whether this process writes figures: alone, or rank 0 under torchrun."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 class StageLoss(torch.nn.Module):
     """stage_loss as a module: DistributedDataParallel averages the gradients of what a wrapped
     module's forward returns, across the processes."""
@@ -402,7 +407,7 @@ def run_stage(stage, args, flags, ignore_unknown=False):
                                        args.quiet)
         model = ema or model
         figures = {"train_seconds": round(time.time() - tic, 1)}
-        if args.no_eval or (dist.is_initialized() and dist.get_rank() > 0):  # rank 0 evaluates
+        if args.no_eval or not is_rank_zero():
             return
         if ignore_unknown and stage == "decoder":  # the main job spends its minutes training:
             write_metrics(args.out, stage, figures)  # `train.py decoder --eval` for the ceiling
@@ -450,8 +455,7 @@ def main(argv=None):
         tic = time.time()
         for stage in stages:
             run_stage(stage, args, flags, ignore_unknown=len(stages) > 1)
-        if len(stages) > 1 and not args.no_eval and not (dist.is_initialized()
-                                                          and dist.get_rank() > 0):
+        if len(stages) > 1 and not args.no_eval and is_rank_zero():
             figures = evaluate_unclip(args.out, pick_device(args.device))
             write_metrics(args.out, "unclip", dict(figures,
                                                    total_seconds=round(time.time() - tic, 1)))
