@@ -1,238 +1,201 @@
-"""The notebooks' exercise checkers: each runs the reader's function on fixed inputs, compares it
-with the project's own implementation (or a closed form) and says plainly whether it is right.
+"""The notebooks' exercises and their checks: what each exercise is given, and what a right
+answer returns on it.
 
-    check_q_sample(my_q_sample)   # prints "q_sample: right" or what is wrong; returns True/False
+    exercises.check("q_sample", my_q_sample)  # prints "q_sample: right" or what is wrong
 
-A function that still raises NotImplementedError is "not answered yet". tests/test_notebooks.py
-checks every checker against notebooks/solutions.py (right) and against a wrong answer (wrong).
+Each exercise has fixed inputs made from a seed, and the outputs a right answer gives on them
+are stored in `expected/`: `public.pt` holds seed 0's, which the notebooks check against, and
+`hidden.pt` those of the seeds grade.py marks with (the instructor's; not in the student copy).
+Nothing here imports the project's own version of an answer, and grade.py blanks those versions
+before it marks, so handing a check the project's function earns nothing. The inputs hold only
+what an exercise needs: the diffusion exercises get the schedule's two arrays, not the
+coefficients the project precomputes from them.
+
+A function that still raises NotImplementedError is "not answered yet". `python
+notebooks/grade.py expected` writes the stored outputs from the project's own functions;
+tests/test_grading.py proves that the worked answers (solutions.py) score full marks on them.
 """
+import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import clip  # noqa: E402
-import prior  # noqa: E402
-import unclip  # noqa: E402
-import vae  # noqa: E402
-from diffusion import (ClassifierConfig, GaussianDiffusion, NoisyClassifier,  # noqa: E402
-                       classifier_free_guidance, classifier_guidance, cosine_beta_schedule)
-from upsample import Upsampler, UpsamplerConfig  # noqa: E402
-from vqvae import VectorQuantizer, VQVAEConfig  # noqa: E402
+from diffusion import ClassifierConfig, NoisyClassifier, cosine_beta_schedule  # noqa: E402
+
+EXPECTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "expected")
+PUBLIC_SEED = 0
 
 
-def verdict(name, answer, expected, *inputs, atol=1e-5):
-    """Call answer(*inputs), compare it with expected (a tensor), print and return the verdict."""
-    try:
-        got = answer(*inputs)
-    except NotImplementedError:
-        print(f"{name}: not answered yet (the function still raises NotImplementedError)")
-        return False
-    except Exception as e:  # a mistake in the answer: say what, without a traceback
-        print(f"{name}: not yet right: it raised {type(e).__name__}: {e}")
-        return False
-    if not torch.is_tensor(got):
-        print(f"{name}: not yet right: expected a tensor, got {type(got).__name__}")
-        return False
-    if got.shape != expected.shape:
-        print(f"{name}: not yet right: shape {tuple(got.shape)}, expected "
-              f"{tuple(expected.shape)}")
-        return False
-    error = (got.double() - expected.double()).abs().max().item()
-    if not error <= atol:  # NaN counts as wrong
-        print(f"{name}: not yet right: largest difference from the answer {error:.3g}")
-        return False
-    print(f"{name}: right")
-    return True
+@dataclass
+class Schedule:
+    """What the diffusion exercises get of a process: beta_t and abar_t, t = 0 .. T-1."""
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
 
 
-def _inputs(seed=0):
-    return torch.Generator().manual_seed(seed)
+def _schedule():
+    betas = cosine_beta_schedule(1000)
+    return Schedule(betas, torch.cumprod(1 - betas, 0))
 
 
-# 1. Auto-encoders ------------------------------------------------------------------------------
+# Each exercise's inputs for a seed: the arguments the reader's function is called with.
 
-def check_gaussian_kl(answer):
-    """answer(mean, logvar) -> (B,) KL(N(mean, exp(logvar)) || N(0, I)), summed over dims."""
-    g = _inputs()
-    mean, logvar = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
-    return verdict("gaussian_kl", answer, vae.gaussian_kl(mean, logvar), mean, logvar)
+def _kl(g):
+    return torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
 
 
-def check_reparameterise(answer):
-    """answer(mean, logvar, eps) -> z: a sample of N(mean, exp(logvar)) made from eps ~ N(0, I)."""
-    g = _inputs()
-    mean, logvar, eps = (torch.randn(5, 4, generator=g) for _ in range(3))
-    return verdict("reparameterise", answer, mean + torch.exp(0.5 * logvar) * eps,
-                   mean, logvar, eps)
+def _reparameterise(g):
+    return tuple(torch.randn(5, 4, generator=g) for _ in range(3))
 
 
-# 2. VQ-VAE -------------------------------------------------------------------------------------
-
-def check_nearest_code(answer):
-    """answer(flat (N, D), codebook (K, D)) -> (N,) index of each vector's nearest code."""
-    g = _inputs()
-    quantizer = VectorQuantizer(VQVAEConfig(num_codes=16, embedding_dim=4))
-    with torch.no_grad():
-        quantizer.codebook.copy_(torch.randn(16, 4, generator=g))
-    flat = torch.randn(50, 4, generator=g)
-    return verdict("nearest_code", answer, quantizer.nearest(flat), flat,
-                   quantizer.codebook.detach(), atol=0)
+def _nearest_code(g):
+    return torch.randn(50, 4, generator=g), torch.randn(16, 4, generator=g)
 
 
-def check_straight_through(answer):
-    """answer(z_e, z_q) -> a tensor equal to z_q whose gradient flows to z_e unchanged."""
-    g = _inputs()
-    z_e = torch.randn(2, 4, 3, 3, generator=g, requires_grad=True)
-    z_q = torch.randn(2, 4, 3, 3, generator=g)
-    weights = torch.randn(2, 4, 3, 3, generator=g)
-
-    def value_and_gradient(z_e, z_q):
-        z_e.grad = None
-        out = answer(z_e, z_q)
-        if not out.requires_grad:  # no gradient can reach z_e at all
-            return torch.full((2, 2, 4, 3, 3), float("nan"))
-        (out * weights).sum().backward()  # the gradient reaching z_e must be `weights` itself
-        return torch.stack([out.detach(), z_e.grad])
-    return verdict("straight_through", value_and_gradient, torch.stack([z_q, weights]), z_e, z_q)
+def _straight_through(g):
+    z_e = torch.randn(2, 4, 3, 3, generator=g).requires_grad_(True)
+    return z_e, torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
 
 
-# 3. DDPM ---------------------------------------------------------------------------------------
-
-def _diffusion():
-    return GaussianDiffusion(cosine_beta_schedule(1000))
+def _timesteps(g, first):
+    return torch.cat([torch.tensor([first, 999]), torch.randint(first, 1000, (2,), generator=g)])
 
 
-def check_q_sample(answer):
-    """answer(diffusion, x0, t, noise) -> x_t, DDPM eq. 4."""
-    g, diffusion = _inputs(), _diffusion()
+def _q_sample(g):
     x0, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
-    t = torch.tensor([0, 10, 500, 999])
-    return verdict("q_sample", answer, diffusion.q_sample(x0, t, noise), diffusion, x0, t, noise)
+    return _schedule(), x0, _timesteps(g, 0), noise
 
 
-def check_q_posterior_mean(answer):
-    """answer(diffusion, x0, x_t, t) -> the mean of q(x_{t-1} | x_t, x_0), DDPM eq. 7."""
-    g, diffusion = _inputs(), _diffusion()
+def _q_posterior_mean(g):
     x0, x_t = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
-    t = torch.tensor([1, 10, 500, 999])
-    return verdict("q_posterior_mean", answer, diffusion.q_posterior(x0, x_t, t)[0],
-                   diffusion, x0, x_t, t)
+    return _schedule(), x0, x_t, _timesteps(g, 1)
 
 
-# 4. Guidance -----------------------------------------------------------------------------------
-
-def check_classifier_free_guidance(answer):
-    """answer(out_cond, out_uncond, guidance_scale) -> the guided output."""
-    g = _inputs()
-    out_cond, out_uncond = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
-    x_t, t, w = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), 3.0
-
-    def model_fn(x, t, c):  # the conditional outputs for c = 1, the unconditional for c = 0
-        return torch.where(c[:, None] == 1, torch.cat([out_cond, out_cond]),
-                           torch.cat([out_uncond, out_uncond]))
-    expected = classifier_free_guidance(model_fn, torch.ones(3), torch.zeros(3), w)(x_t, t)
-    return verdict("classifier_free_guidance", answer, expected, out_cond, out_uncond, w)
+def _classifier_free_guidance(g):
+    w = 1 + 4 * torch.rand((), generator=g).item()
+    return torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g), w
 
 
-def check_classifier_gradient(answer):
-    """answer(classifier, x_t, t, y) -> grad over x_t of sum_i log p(y_i | x_t_i, t_i)."""
-    torch.manual_seed(0)
-    classifier = NoisyClassifier(ClassifierConfig(resolution=8, channels=8, channel_mult=(1,),
-                                                  num_res_blocks=1, attention_resolutions=(),
-                                                  num_classes=3))
-    g = _inputs()
-    x_t, t, y = torch.randn(4, 3, 8, 8, generator=g), torch.tensor([5, 50, 500, 900]), \
-        torch.tensor([0, 1, 2, 1])
-    expected = classifier_guidance(classifier, y, 1.0)(x_t, t)
-    return verdict("classifier_gradient", answer, expected, classifier, x_t, t, y)
+def _classifier_gradient(g):
+    with torch.random.fork_rng():  # the reader's random state stays as it was
+        torch.manual_seed(int(torch.randint(2 ** 31, (), generator=g)))  # the weights
+        classifier = NoisyClassifier(ClassifierConfig(
+            resolution=8, channels=8, channel_mult=(1,), num_res_blocks=1,
+            attention_resolutions=(), num_classes=3))
+    x_t = torch.randn(4, 3, 8, 8, generator=g)
+    return classifier, x_t, _timesteps(g, 0), torch.randint(3, (4,), generator=g)
 
 
-# 5. CLIP ---------------------------------------------------------------------------------------
-
-def check_clip_logits(answer):
-    """answer(image_features (B, D), text_features (B, D), logit_scale) -> (B, B) scaled cosine
-    similarities; logit_scale is the log of the inverse temperature, as CLIP learns it."""
-    g = _inputs()
-    image_features, text_features = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
-    logit_scale = torch.tensor(2.5)
-    expected = (logit_scale.exp() * F.normalize(image_features, dim=-1)
-                @ F.normalize(text_features, dim=-1).T)
-    return verdict("clip_logits", answer, expected, image_features, text_features, logit_scale)
+def _clip_logits(g):
+    features = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    return *features, 1 + 3 * torch.rand((), generator=g)
 
 
-def check_contrastive_loss(answer):
-    """answer(logits (B, B), matching pairs on the diagonal) -> the symmetric InfoNCE loss."""
-    logits = 4 * torch.randn(6, 6, generator=_inputs())
-    return verdict("contrastive_loss", answer, clip.contrastive_loss(logits), logits)
+def _contrastive_loss(g):
+    return (4 * torch.randn(6, 6, generator=g),)
 
 
-# 6. The prior ----------------------------------------------------------------------------------
-
-def check_normalise_embedding(answer):
-    """answer(z (B, D)) -> the embedding at unit length times sqrt(D), the prior's scale."""
-    z = torch.randn(4, 16, generator=_inputs())
-    return verdict("normalise_embedding", answer, clip.normalise_embedding(z), z)
+def _normalise_embedding(g):
+    return (3 * torch.randn(4, 16, generator=g),)
 
 
-def check_select_candidates(answer):
-    """answer(candidates (B, K, D), z_t (B, D)) -> (B, D): per caption, the candidate with the
-    highest dot product with z_t."""
-    g = _inputs()
-    candidates, z_t = torch.randn(5, 3, 4, generator=g), torch.randn(5, 4, generator=g)
-    return verdict("select_candidates", answer, prior.select_candidates(candidates, z_t),
-                   candidates, z_t)
+def _select_candidates(g):
+    return torch.randn(5, 3, 4, generator=g), torch.randn(5, 4, generator=g)
 
 
-# 7. Decoder and upsamplers ---------------------------------------------------------------------
-
-def check_upsampler_condition(answer):
-    """answer(low (B, 3, r, r), resolution) -> the low-resolution image resized to resolution
-    by bilinear interpolation (pixel centres aligned: align_corners=False)."""
-    low = torch.rand(2, 3, 8, 8, generator=_inputs()) * 2 - 1
-    upsampler = Upsampler(UpsamplerConfig(resolution=16, low_resolution=8, channels=8,
-                                          channel_mult=(1,), num_res_blocks=1))
-    return verdict("upsampler_condition", answer, upsampler.condition(low), low, 16)
+def _upsampler_condition(g):
+    return torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, 16
 
 
-def check_drop_condition(answer):
-    """answer(c (B, ...), u (B,) uniform draws, p_uncond) -> c with row i zeroed where
-    u_i < p_uncond: classifier-free guidance's training-time dropout of a condition."""
-    g = _inputs()
-    c, u = torch.randn(8, 3, 2, generator=g), torch.rand(8, generator=g)
-    return verdict("drop_condition", answer, c * (u >= 0.3).float()[:, None, None], c, u, 0.3)
+def _drop_condition(g):
+    return torch.randn(8, 3, 2, generator=g), torch.rand(8, generator=g), 0.3
 
 
-# 8. unCLIP end to end --------------------------------------------------------------------------
-
-def check_slerp(answer):
-    """answer(a (D,), b (D,), theta (K,)) -> (K, D) spherical interpolation on a's sphere."""
-    g = _inputs()
-    a, b = torch.randn(8, generator=g), torch.randn(8, generator=g)
-    a, b = clip.normalise_embedding(a), clip.normalise_embedding(b)
-    theta = torch.linspace(0, 1, 5)
-    return verdict("slerp", answer, unclip.slerp(a, b, theta), a, b, theta)
+def _unit_vectors(g, n):
+    return [math.sqrt(8) * v / v.norm() for v in torch.randn(n, 8, generator=g)]
 
 
-def check_text_diff(answer):
-    """answer(z_i, z_t_before, z_t_after, theta) -> (K, D) the image embedding rotated towards
-    the normalised text difference (unCLIP Fig. 5)."""
-    g = _inputs()
-    z_i, before, after = (clip.normalise_embedding(torch.randn(8, generator=g)) for _ in range(3))
-    theta = torch.linspace(0, 0.5, 4)
-    return verdict("text_diff", answer, unclip.text_diff(z_i, before, after, theta),
-                   z_i, before, after, theta)
+def _slerp(g):
+    return *_unit_vectors(g, 2), torch.linspace(0, 1, 5)
 
 
-CHECKERS = {  # notebook -> its exercises, in order
-    "01_autoencoders": [check_gaussian_kl, check_reparameterise],
-    "02_vqvae": [check_nearest_code, check_straight_through],
-    "03_ddpm": [check_q_sample, check_q_posterior_mean],
-    "04_guidance": [check_classifier_free_guidance, check_classifier_gradient],
-    "05_clip": [check_clip_logits, check_contrastive_loss],
-    "06_prior": [check_normalise_embedding, check_select_candidates],
-    "07_decoder_upsamplers": [check_upsampler_condition, check_drop_condition],
-    "08_unclip": [check_slerp, check_text_diff],
+def _text_diff(g):
+    return *_unit_vectors(g, 3), torch.linspace(0, 0.5, 4)
+
+
+def _value_and_gradient(answer):
+    """straight_through is judged on its value and on the gradient reaching z_e, which must be
+    the upstream gradient itself (here `weights`)."""
+    def run(z_e, z_q, weights):
+        out = answer(z_e, z_q)
+        if not (torch.is_tensor(out) and out.requires_grad):  # no gradient reaches z_e at all
+            return torch.full((2, *z_q.shape), float("nan"))
+        (out * weights).sum().backward()
+        return torch.stack([out.detach(), z_e.grad])
+    return run
+
+
+# name: (notebook, points, inputs(generator) -> arguments, what the answer returns)
+EXERCISES = {
+    "gaussian_kl": ("01_autoencoders", 2, _kl, "(B,) KL(N(mean, exp(logvar)) || N(0, I))"),
+    "reparameterise": ("01_autoencoders", 1, _reparameterise, "z ~ N(mean, exp(logvar))"),
+    "nearest_code": ("02_vqvae", 2, _nearest_code, "(N,) index of the nearest code"),
+    "straight_through": ("02_vqvae", 2, _straight_through, "z_q, with z_e's gradient"),
+    "q_sample": ("03_ddpm", 2, _q_sample, "x_t, DDPM eq. 4"),
+    "q_posterior_mean": ("03_ddpm", 3, _q_posterior_mean, "the mean of q(x_{t-1} | x_t, x_0)"),
+    "classifier_free_guidance": ("04_guidance", 1, _classifier_free_guidance, "the guided output"),
+    "classifier_gradient": ("04_guidance", 3, _classifier_gradient,
+                            "grad over x_t of sum_i log p(y_i | x_t_i, t_i)"),
+    "clip_logits": ("05_clip", 2, _clip_logits, "(B, B) scaled cosine similarities"),
+    "contrastive_loss": ("05_clip", 2, _contrastive_loss, "the symmetric InfoNCE loss"),
+    "normalise_embedding": ("06_prior", 1, _normalise_embedding, "(B, D) of norm sqrt(D)"),
+    "select_candidates": ("06_prior", 2, _select_candidates, "(B, D) the best candidates"),
+    "upsampler_condition": ("07_decoder_upsamplers", 1, _upsampler_condition,
+                            "the low-resolution image resized bilinearly"),
+    "drop_condition": ("07_decoder_upsamplers", 2, _drop_condition, "c with dropped rows zeroed"),
+    "slerp": ("08_unclip", 3, _slerp, "(K, D) spherical interpolation"),
+    "text_diff": ("08_unclip", 2, _text_diff, "(K, D) z_i rotated towards the text diff"),
 }
+ADAPTERS = {"straight_through": _value_and_gradient}
+
+
+def inputs(name, seed):
+    return EXERCISES[name][2](torch.Generator().manual_seed(seed))
+
+
+def run(name, answer, seed):
+    """The answer's output on the seed's inputs (exceptions propagate)."""
+    return ADAPTERS.get(name, lambda f: f)(answer)(*inputs(name, seed))
+
+
+def load_expected(which="public"):
+    """{name: {seed: output}} stored by `python notebooks/grade.py expected`."""
+    return torch.load(os.path.join(EXPECTED, f"{which}.pt"), weights_only=True)
+
+
+def verdict(name, answer, seed, expected, atol=1e-4):
+    """(True or False, what to tell the reader) for one answer on one seed's inputs."""
+    try:
+        got = run(name, answer, seed)
+    except NotImplementedError:
+        return False, "not answered yet (the function still raises NotImplementedError)"
+    except Exception as e:  # a mistake in the answer: say what, without a traceback
+        return False, f"not yet right: it raised {type(e).__name__}: {e}"
+    if not torch.is_tensor(got):
+        return False, f"not yet right: expected a tensor, got {type(got).__name__}"
+    if got.shape != expected.shape:
+        return False, f"not yet right: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    error = (got.detach().double() - expected.double()).abs().max().item()
+    if not error <= atol:  # NaN counts as wrong
+        return False, f"not yet right: largest difference from the answer {error:.3g}"
+    return True, "right"
+
+
+def check(name, answer):
+    """The notebooks' check: the answer on the public inputs, against the stored output."""
+    right, message = verdict(name, answer, PUBLIC_SEED, load_expected()[name][PUBLIC_SEED])
+    print(f"{name}: {message}")
+    return right
