@@ -16,8 +16,8 @@ right.
 The hidden outputs are written from the project's own functions on seeds the students do not
 see: the copy in the repository uses 1, 2 and 3 (for the tests); for a course, choose your own
 (`expected --seeds ...`) and keep that hidden.pt out of the student copy, as student-copy does.
-The student copy leaves out solutions.py and hidden.pt; the exercise cells it hands out are the
-blank ones committed in the notebooks.
+The student copy leaves out solutions.py, hidden.pt and ANSWERS.md (the key to the questions that
+close each notebook); the exercise cells it hands out are the blank ones committed in the notebooks.
 """
 import argparse
 import ast
@@ -36,7 +36,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import exercises  # noqa: E402
 
-LEFT_OUT = ("notebooks/solutions.py", "notebooks/expected/hidden.pt")  # from the student copy
+LEFT_OUT = ("notebooks/solutions.py", "notebooks/expected/hidden.pt",  # from the student copy
+            "notebooks/ANSWERS.md")
 
 
 def references():

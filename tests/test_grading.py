@@ -119,3 +119,18 @@ def test_student_copy_leaves_out_the_answers(tmp_path):
         assert (copy / kept).exists()
     with pytest.raises(SystemExit, match="exists"):
         grade.student_copy(str(copy))
+
+
+def test_every_notebooks_questions_have_answers():
+    with open(os.path.join(NOTEBOOKS, "ANSWERS.md")) as f:
+        key = f.read().split("\n## ")[1:]  # one section per notebook, in order
+    names = sorted(f for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb"))
+    assert len(key) == len(names)
+    for name, answers in zip(names, key):
+        cells = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4).cells
+        questions = [c.source for c in cells if c.source.startswith("## Questions")]
+        asked = re.findall(r"^\d+\. (.+)$", questions[0], re.M)
+        assert 3 <= len(asked) <= 5, name
+        answered = re.findall(r"^\d+\. \*(.+?)\*$", answers, re.M | re.S)
+        assert [" ".join(a.split()) for a in answered] == asked, name
+
