@@ -17,7 +17,7 @@ The hidden outputs are written from the project's own functions on seeds the stu
 see: the copy in the repository uses 1, 2 and 3 (for the tests); for a course, choose your own
 (`expected --seeds ...`) and keep that hidden.pt out of the student copy, as student-copy does.
 The student copy leaves out solutions.py, hidden.pt and ANSWERS.md (the key to the questions that
-close each notebook); the exercise cells it hands out are the blank ones committed in the notebooks.
+close each notebook); its exercise cells are the blank ones committed in the notebooks.
 """
 import argparse
 import ast
