@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 39 mutations; about 6 minutes on 2 cores
+    python bench/mutations.py            # all 40 mutations; about 6 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -151,9 +151,11 @@ MUTATIONS = [
      "t = torch.randint(0, self.cfg.max_timestep or self.cfg.timesteps, (len(x0),),",
      "t = torch.randint(0, self.cfg.timesteps, (len(x0),),",
      "tests/test_diffusion.py -k max_timestep"),
-    ("notebook-imports-train", "notebooks/exercises.py", "import clip  # noqa: E402\n",
-     "import clip  # noqa: E402\nimport train  # noqa: E402,F401\n",
+    ("notebook-imports-train", "notebooks/exercises.py", "import torch\n\nsys.path.insert",
+     "import torch\nimport train  # noqa: F401\n\nsys.path.insert",
      "tests/test_imports.py -k command_lines"),
+    ("grading-leaves-the-projects-answers", "notebooks/grade.py", "    blank_references()\n",
+     "    pass\n", "tests/test_grading.py -k marks"),
 ]
 
 
