@@ -16,8 +16,9 @@ right.
 The hidden outputs are written from the project's own functions on seeds the students do not
 see: the copy in the repository uses 1, 2 and 3 (for the tests); for a course, choose your own
 (`expected --seeds ...`) and keep that hidden.pt out of the student copy, as student-copy does.
-The student copy leaves out solutions.py, hidden.pt and ANSWERS.md (the key to the questions that
-close each notebook); its exercise cells are the blank ones committed in the notebooks.
+The student copy leaves out solutions.py, hidden.pt, ANSWERS.md (the key to the questions that
+close each notebook) and the two test files that read solutions.py; its exercise cells are the
+blank ones committed in the notebooks.
 """
 import argparse
 import ast
@@ -37,7 +38,8 @@ sys.path.insert(0, HERE)
 import exercises  # noqa: E402
 
 LEFT_OUT = ("notebooks/solutions.py", "notebooks/expected/hidden.pt",  # from the student copy
-            "notebooks/ANSWERS.md")
+            "notebooks/ANSWERS.md",
+            "tests/test_notebooks.py", "tests/test_grading.py")  # these two read solutions.py
 
 
 def references():
