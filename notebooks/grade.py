@@ -30,6 +30,7 @@ import subprocess
 import sys
 
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -72,9 +73,9 @@ def references():
                               channel_mult=(1,), num_res_blocks=1)
         return Upsampler(cfg).condition(low)
 
-    def logits(image_features, text_features, logit_scale):
-        return (logit_scale.exp() * clip.F.normalize(image_features, dim=-1)
-                @ clip.F.normalize(text_features, dim=-1).T)
+    def logits(image_features, text_features, logit_scale):  # CLIP Fig. 3, as in CLIP.logits
+        return (logit_scale.exp() * F.normalize(image_features, dim=-1)
+                @ F.normalize(text_features, dim=-1).T)
 
     return {
         "gaussian_kl": vae.gaussian_kl,
