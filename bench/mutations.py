@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 40 mutations; about 6 minutes on 2 cores
+    python bench/mutations.py            # all 42 mutations; about 6 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -156,6 +156,13 @@ MUTATIONS = [
      "tests/test_imports.py -k command_lines"),
     ("grading-leaves-the-projects-answers", "notebooks/grade.py", "    blank_references()\n",
      "    pass\n", "tests/test_grading.py -k marks"),
+    ("grading-leaves-ddim", "notebooks/grade.py",  # x0_from_eps, which ddim_sample calls, too
+     '"x0_from_eps", "training_target", "training_loss",\n            "ddim_sample", ',
+     '"training_target", "training_loss",\n            ', "tests/test_grading.py -k marks"),
+    ("ddim-one-end-for-the-batch", "diffusion.py",
+     "extract(self.alphas_cumprod_prev, t_prev + 1, x_t)",
+     "extract(self.alphas_cumprod, t_prev.clamp(min=0), x_t) if t_prev.min() >= 0 else "
+     "torch.ones_like(abar_t)", "tests/test_diffusion.py -k each_item"),
 ]
 
 

@@ -85,6 +85,10 @@ def references():
         "q_sample": lambda s, x0, t, noise: GaussianDiffusion(s.betas).q_sample(x0, t, noise),
         "q_posterior_mean": lambda s, x0, x_t, t: GaussianDiffusion(s.betas).q_posterior(
             x0, x_t, t)[0],
+        "ddpm_loss": lambda model_fn, s, x0, t, noise: (
+            noise - model_fn(GaussianDiffusion(s.betas).q_sample(x0, t, noise), t)).pow(2).mean(),
+        "ddim_step": lambda s, x_t, eps, t, t_prev: GaussianDiffusion(s.betas, clip_x0="none")
+        .ddim_sample(lambda x, t: eps, x_t, t, t_prev),
         "classifier_free_guidance": guided,
         "classifier_gradient": lambda model, x_t, t, y: classifier_guidance(model, y, 1.0)(x_t, t),
         "clip_logits": logits,
@@ -169,8 +173,10 @@ def blank_references():
         for name, value in list(vars(module).items() if module else ()):
             if any(value is f for f in originals):
                 setattr(module, name, blank)
-    methods = [(vqvae.VectorQuantizer, "nearest"), (diffusion.GaussianDiffusion, "q_sample"),
-               (diffusion.GaussianDiffusion, "q_posterior"), (upsample.Upsampler, "condition")]
+    methods = [(vqvae.VectorQuantizer, "nearest"), (upsample.Upsampler, "condition")] + [
+        (diffusion.GaussianDiffusion, name) for name in (
+            "q_sample", "q_posterior", "x0_from_eps", "training_target", "training_loss",
+            "ddim_sample", "ddim_sample_loop")]
     for cls, name in methods:
         setattr(cls, name, blank)
     sys.modules["solutions"] = None  # `import solutions` raises ImportError

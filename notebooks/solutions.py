@@ -38,6 +38,23 @@ def q_posterior_mean(diffusion, x0, x_t, t):
     return (abar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - abar_prev) * x_t) / (1 - abar)
 
 
+def ddpm_loss(model_fn, diffusion, x0, t, noise):
+    # Algorithm 1: noise x_0 to step t in one go (eq. 4), regress the network on the noise.
+    abar = diffusion.alphas_cumprod[t].to(x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    return (noise - model_fn(x_t, t)).pow(2).mean()
+
+
+def ddim_step(diffusion, x_t, eps, t, t_prev):
+    # DDIM eq. 12, sigma = 0: predict x_0, then move it to t_prev along the same eps.
+    shape = (-1, *[1] * (x_t.dim() - 1))  # one value per item, broadcast over the rest
+    abar = diffusion.alphas_cumprod[t].to(x_t.dtype).view(shape)
+    abar_prev = torch.where(t_prev >= 0, diffusion.alphas_cumprod[t_prev.clamp(min=0)], 1.0)
+    abar_prev = abar_prev.to(x_t.dtype).view(shape)
+    x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+    return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+
+
 def classifier_free_guidance(out_cond, out_uncond, guidance_scale):
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from data import shapes_data
-from diffusion import (DDPM, EMA, ClassifierConfig, DDPMConfig, GaussianDiffusion, NoisyClassifier,
-                       UNet, UNetConfig, classifier_free_guidance, classifier_guidance,
-                       cosine_beta_schedule, linear_beta_schedule)
+from diffusion import (DDPM, EMA, RING_CENTRES, ClassifierConfig, DDPMConfig, GaussianDiffusion,
+                       NoisyClassifier, PointDenoiser, UNet, UNetConfig, classifier_free_guidance,
+                       classifier_guidance, cosine_beta_schedule, linear_beta_schedule,
+                       ring_angle_entropy, ring_fidelity, ring_posterior, toy_rings)
 
 MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
 STD = 0.5  # each component is N(mean, STD^2 I), equal weights
@@ -142,6 +143,42 @@ def test_ddim_with_eta_one_over_all_steps_is_ddpm():
     torch.manual_seed(1)
     ddim = d.ddim_sample(model_fn, x_t, t, t - 1, eta=1.0)
     assert torch.allclose(ddpm, ddim, atol=1e-5)
+
+
+def test_ddim_steps_each_item_to_its_own_t_prev():
+    # One item ends the chain (t_prev = -1, abar = 1: the step returns x_0), the others do not.
+    d = _diffusion(50)
+    x_t, eps = torch.randn(3, 2), torch.randn(3, 2)
+    t, t_prev = torch.tensor([5, 30, 49]), torch.tensor([-1, 20, 48])
+    step = d.ddim_sample(lambda x, t: eps, x_t, t, t_prev)
+    abar = d.alphas_cumprod.float()
+    x0 = (x_t - (1 - abar[t, None]).sqrt() * eps) / abar[t, None].sqrt()
+    assert torch.allclose(step[0], x0[0], atol=1e-5)
+    for i in (1, 2):
+        expected = abar[t_prev[i]].sqrt() * x0[i] + (1 - abar[t_prev[i]]).sqrt() * eps[i]
+        assert torch.allclose(step[i], expected, atol=1e-5)
+
+
+def test_the_ring_toys_exact_posterior_and_figures():
+    # All three rings pass through the origin; (0, 2) is on ring 0 alone.
+    p = ring_posterior(torch.tensor([[0.0, 0.0], [0.0, 2.0]]))
+    assert torch.allclose(p[0], torch.full((3,), 1 / 3), atol=1e-4)
+    assert p[1, 0] > 0.999
+    x, y = toy_rings(3000, torch.Generator().manual_seed(0))
+    assert torch.bincount(y).min() > 900
+    assert 0.75 < ring_fidelity(x, y) < 0.9  # the rest lie where rings cross
+    assert ring_angle_entropy(x, y) > 3.5  # spread evenly round each ring: log2 12 = 3.58
+    top = RING_CENTRES[y] + torch.tensor([0.0, 1.0])  # every point at the top of its ring
+    assert ring_angle_entropy(top, y) == 0
+    assert ring_fidelity(x + 2 * torch.tensor([0.0, 1.0]), y) < 0.3  # off the rings
+
+
+def test_point_denoiser_null_label_and_shapes():
+    model = PointDenoiser(num_classes=3, width=32, coordinate_dim=8)
+    x, t = torch.randn(4, 2), torch.tensor([0, 5, 50, 199])
+    assert model(x, t).shape == (4, 2)
+    assert torch.equal(model(x, t), model(x, t, torch.full((4,), 3)))
+    assert not torch.allclose(model(x, t), model(x, t, torch.zeros(4, dtype=torch.long)))
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])

@@ -81,6 +81,15 @@ def test_marks(tmp_path):
             return GaussianDiffusion(schedule.betas).q_posterior(x0, x_t, t)[0]
 
 
+        def my_ddpm_loss(model_fn, s, x0, t, noise):
+            return (noise - model_fn(GaussianDiffusion(s.betas).q_sample(x0, t, noise), t)).pow(2).mean()
+
+
+        def my_ddim_step(schedule, x_t, eps, t, t_prev):
+            process = GaussianDiffusion(schedule.betas, clip_x0="none")
+            return process.ddim_sample(lambda x, t: eps, x_t, t, t_prev)
+
+
         def my_drop_condition(c, u, p_uncond):
             torch.manual_seed(0)
             return decoders_copy(c, p_uncond)
