@@ -27,7 +27,7 @@ Defines: schedules, GaussianDiffusion (q_sample, q_posterior, predictions, loss_
 p_sample, ddim_sample and their loops), EMA, the U-Net (UNetConfig, ResBlock, AttentionBlock,
 UNet), DDPM (the trainable model), NoisyClassifier, classifier_guidance and
 classifier_free_guidance; a 2-D toy with an exact posterior (toy_rings, ring_posterior,
-ring_fidelity, ring_angle_entropy, PointDenoiser, PointClassifier).
+ring_fidelity, ring_angle_entropy, PointDenoiser, PointClassifier, fit_ring_toy).
 Run `python diffusion.py` to fit a 2-D toy distribution and show both guidances at work.
 """
 import copy
@@ -695,6 +695,28 @@ class PointClassifier(nn.Module):
         return self.net(torch.cat([x_t, timestep_embedding(t, self.width)], 1))
 
 
+def fit_ring_toy(net, diffusion, steps, batch_size=256, p_uncond=0.1):
+    """Train a PointDenoiser (the simple loss, its label dropped p_uncond of the time) or a
+    PointClassifier (cross-entropy on noised points) on toy_rings with Adam, the rate decaying
+    to 0 on a cosine; returns the last step's loss."""
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    for step in range(steps):
+        x0, y = toy_rings(batch_size)                                         # (B, 2), (B,)
+        t = torch.randint(0, diffusion.num_timesteps, (batch_size,))
+        if isinstance(net, PointDenoiser):
+            y = drop_labels(y, p_uncond, null_label=net.num_classes)
+            loss = diffusion.training_loss(lambda x_t, t: net(x_t, t, y), x0, t)
+        else:
+            x_t = diffusion.q_sample(x0, t, torch.randn_like(x0))
+            loss = F.cross_entropy(net(x_t, t), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        decay.step()
+    return loss.item()
+
+
 if __name__ == "__main__":
     # The toy: a PointDenoiser learns eps(x_t, t, y) with the label dropped 10% of the time, a
     # PointClassifier learns p(y | x_t, t) on noised points. Then both guidances draw class 0 (the
@@ -711,22 +733,8 @@ if __name__ == "__main__":
     model, classifier = PointDenoiser(num_classes=3), PointClassifier()
     start = time.time()
     for net, steps in ((model, 4000), (classifier, 2000)):
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        for step in range(steps):
-            x0, y = toy_rings(256)
-            t = torch.randint(0, diffusion.num_timesteps, (256,))
-            if net is model:
-                y = drop_labels(y, 0.1, null_label=3)
-                loss = diffusion.training_loss(lambda x_t, t: model(x_t, t, y), x0, t)
-            else:
-                x_t = diffusion.q_sample(x0, t, torch.randn_like(x0))
-                loss = F.cross_entropy(classifier(x_t, t), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            decay.step()
-        print(f"trained {type(net).__name__}: loss {loss.item():.3f} ({time.time() - start:.0f} s)")
+        loss = fit_ring_toy(net, diffusion, steps)
+        print(f"trained {type(net).__name__}: loss {loss:.3f} ({time.time() - start:.0f} s)")
     n = 1000
     label, null = torch.zeros(n, dtype=torch.long), torch.full((n,), 3)
     points, y = toy_rings(3 * n)
