@@ -39,6 +39,7 @@ class DecoderConfig(UNetConfig):
     prediction: str = "v"           # see DDPMConfig: v trains faster than eps in short runs
     clip_x0: str = "clip"
     min_snr_gamma: float = 5.0      # cap on the loss weight: one-object 0.75 -> 0.86 (dev set)
+    min_snr_offset: float = 0.5     # weight min(SNR + 0.5, 5): two-object 0.26 -> 0.38 (dev set)
     p_drop_embedding: float = 0.1   # z_i zeroed this often in training
     p_drop_caption: float = 0.5     # the caption zeroed this often
     dropout: float = 0.0            # the U-Net's: a few epochs of training do not overfit

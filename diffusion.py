@@ -71,12 +71,14 @@ class GaussianDiffusion:
     Every method that runs the network takes model_fn(x_t, t) -> prediction (of eps, x0 or v,
     per `prediction`); conditioning and guidance are wrapped into model_fn by the caller."""
 
-    def __init__(self, betas, prediction="eps", clip_x0="clip", min_snr_gamma=0.0):
+    def __init__(self, betas, prediction="eps", clip_x0="clip", min_snr_gamma=0.0,
+                 min_snr_offset=1.0):
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         if clip_x0 not in ("none", "clip", "dynamic"):
             raise ValueError(f"clip_x0 must be 'none', 'clip' or 'dynamic', got {clip_x0!r}")
         self.prediction, self.clip_x0, self.min_snr_gamma = prediction, clip_x0, min_snr_gamma
+        self.min_snr_offset = min_snr_offset
         self.num_timesteps = len(betas)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
@@ -132,14 +134,16 @@ class GaussianDiffusion:
         """(B,) weights of the per-timestep errors. The simple loss weights the error in x_0 by
         SNR (eps), 1 (x0) or SNR + 1 (v), SNR = abar / (1 - abar). min_snr_gamma > 0 caps that
         weight at gamma, so the nearly clean timesteps stop dominating the gradient (Min-SNR,
-        Hang et al. 2023: min(SNR, gamma) for eps). For v the paper's min(SNR, gamma) would also
-        starve the noisiest steps, where the layout is decided (our decoder's relation fell from
-        0.91 to 0.54, docs/results.md); capping SNR + 1 keeps them as the simple loss has them."""
+        Hang et al. 2023: min(SNR, gamma) for eps). For v the cap is min(SNR + min_snr_offset,
+        gamma): the paper's offset 0 starves the noisiest steps (SNR -> 0), where the layout is
+        decided (our decoder's relation fell from 0.91 to 0.54); 1 keeps them as the simple loss
+        has them; the decoder's 0.5 drew more two-object scenes than either (docs/results.md)."""
         if not self.min_snr_gamma:
             return torch.ones(len(t), device=t.device)
         snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]  # (B,)
         implicit = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
-        return implicit.clamp(max=self.min_snr_gamma) / implicit
+        capped = snr + self.min_snr_offset if self.prediction == "v" else implicit
+        return capped.clamp(max=self.min_snr_gamma) / implicit
 
     def training_loss(self, model_fn, x0, t=None):
         """The simple loss (DDPM eq. 14), for whichever target the model predicts (weighted per
@@ -458,6 +462,7 @@ class DDPMConfig(UNetConfig):
     clip_x0: str = "clip"       # "none", "clip" or "dynamic" thresholding of predicted x_0
     p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
     min_snr_gamma: float = 0.0  # > 0: cap the loss weight at it (GaussianDiffusion.loss_weight)
+    min_snr_offset: float = 1.0  # v only: the capped weight is min(SNR + offset, gamma)
 
 
 def make_diffusion(cfg):
@@ -465,7 +470,7 @@ def make_diffusion(cfg):
     if cfg.schedule not in schedules:
         raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
     return GaussianDiffusion(schedules[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.clip_x0,
-                             cfg.min_snr_gamma)
+                             cfg.min_snr_gamma, cfg.min_snr_offset)
 
 
 def drop_labels(y, p_uncond, null_label):

@@ -10,7 +10,8 @@ job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
   - CLIP: retrieval recall@1/5/10; on labelled data (CIFAR-10, class folders), zero-shot
     accuracy from the class names; on shapes, zero-shot accuracy per attribute (colour, shape, size,
     position), also on the colour-shape pairs never seen in training, and binding: the true
-    caption against minimal foils (relation reversed, objects trading places, colours, shapes).
+    caption against minimal foils (relation reversed, objects trading places, colours, shapes),
+    and a linear probe of the image embedding for the left object's colour and shape.
   - Priors: cosine between the sampled image embedding and the true one, against baselines.
   - Decoder: exact match of images decoded from the scene's own embedding (the cascade's
     ceiling with a perfect prior); upsamplers: MSE and exact match against bilinear resizing.
@@ -29,8 +30,9 @@ of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as
 symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
 
 Defines: feature_statistics, frechet_distance, clip_features, clip_score, shapes_zero_shot,
-binding, exact_match, held_out_scenes, held_out_prompts, zero_shot_accuracy,
-class_conditional_quality, evaluate (one stage), evaluate_unclip (the cascade), guidance_sweep.
+binding, leading_object, fit_linear_probe, binding_probe, exact_match, held_out_scenes,
+held_out_prompts, zero_shot_accuracy, class_conditional_quality, evaluate (one stage),
+evaluate_unclip (the cascade), guidance_sweep.
 Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
 against held-out shapes scenes at several decoder guidance scales; `python evaluate.py --models
 OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on another labelled data set.
@@ -99,24 +101,32 @@ def clip_score(clip_model, images, captions):
 
 @torch.no_grad()
 def shapes_zero_shot(model, n=1000, seed=1, split="train"):
-    """Zero-shot accuracy per attribute on held-out shapes scenes, by prompt ensembling: each
-    value's prompts are the captions with that value and every filler of the other attributes.
-    Colour, shape, size and position, on one-object scenes. The training prefixes ("a picture
-    of ...") are the templates. (Relations are judged by binding(), with minimal foils.)"""
+    """Zero-shot accuracy per attribute (colour, shape, size, position) on n held-out one-object
+    scenes. CLIP classifies each image over all 180 canonical one-object captions, each embedded
+    with every training prefix ("a picture of ...") and averaged (prompt ensembling, CLIP section
+    3.1.4); a value's probability is the sum over the captions that name it, the others
+    marginalised out. (Averaging all of a value's captions into one class vector instead blurs
+    what a binding text tower keeps apart: shape 0.89 against 1.00 for the same CLIP;
+    docs/results.md, rung 3.) Relations: binding(), with minimal foils."""
     device = model.logit_scale.device
-    templates = [p + "{}" for p in shapes.PREFIXES]
-    results = {}
+    captions = shapes.one_object_captions()
+    named = [shapes.parse_caption(c) for c in captions]
+    text_e = zero_shot_weights(model, [[c] for c in captions],
+                               [p + "{}" for p in shapes.PREFIXES])              # (180, D)
     one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1)
     scenes = [shapes.parse_caption(c[0]) for c in one.captions]
     image_e = F.normalize(model.encode_image(one.images.float().to(device) / 127.5 - 1), dim=-1)
+    p_caption = (model.logit_scale.exp() * image_e @ text_e.T).softmax(-1)       # (n, 180)
+    results = {}
     for attribute, values in [("colour", shapes.COLOURS), ("shape", shapes.SHAPES),
                               ("size", shapes.SIZES), ("position", shapes.POSITIONS)]:
+        def value(scene):
+            return scene["position"] if attribute == "position" else scene["objects"][0][attribute]
         values = list(values)
-        weights = zero_shot_weights(
-            model, [shapes.one_object_captions(**{attribute: v}) for v in values], templates)
-        predicted = (image_e @ weights.T).argmax(1).tolist()
-        truth = [values.index(s["position"] if attribute == "position"
-                              else s["objects"][0][attribute]) for s in scenes]
+        names = torch.tensor([[value(c) == v for c in named] for v in values],
+                             dtype=p_caption.dtype, device=device)               # (V, 180)
+        predicted = (p_caption @ names.T).argmax(1).tolist()
+        truth = [values.index(value(s)) for s in scenes]
         results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
     return results
 
@@ -143,6 +153,56 @@ def binding(model, n=1000, seed=1, split="train"):
     wins = ((true_score[owner] > foil_score) + 0.5 * (true_score[owner] == foil_score)).tolist()
     return {kind: sum(w for k, w in zip(kinds, wins) if k == kind) / kinds.count(kind)
             for kind in dict.fromkeys(kinds)}
+
+
+def leading_object(caption):
+    """The left (or upper) object of a two-object caption: {size, colour, shape}."""
+    scene = shapes.parse_caption(caption)
+    return scene["objects"][scene["relation"] not in ("to the left of", "above")]
+
+
+def fit_linear_probe(features, labels, weight_decay=1e-3, iterations=200):
+    """Softmax regression (N, D) -> C classes, fitted by L-BFGS on the mean cross-entropy plus
+    weight_decay * ||W||^2 (from zeros: no randomness). Returns a function features -> class."""
+    classes = int(labels.max()) + 1
+    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weight, bias], max_iter=iterations,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = (F.cross_entropy(features @ weight + bias, labels)
+                + weight_decay * weight.square().sum())
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        optimiser.step(closure)
+    return lambda x: (x @ weight.detach() + bias.detach()).argmax(1)
+
+
+@torch.no_grad()
+def binding_probe(model, n=1000, n_fit=2000, seed=1, fit_seed=2, split="train"):
+    """Is "which colour is where" in the image embedding at all, whatever the text tower does
+    with it? A linear probe reads the colour and the shape of the left (or upper) object of a
+    two-object scene from CLIP's normalised image embedding: fitted on n_fit scenes of fit_seed,
+    scored on n scenes of seed. Chance: 1/6 for colour, 1/3 for shape. An embedding that only
+    lists the colours present (a bag of attributes) knows the answer is one of two colours and
+    scores about half on colour; one that binds scores near 1."""
+    parts = []
+    for count, part_seed in ((n_fit, fit_seed), (n, seed)):
+        two = datasets.shapes_data(count, model.cfg.resolution, part_seed, split, prefixes=False,
+                                   objects=2)
+        parts.append((clip_features(model, two.images.float() / 127.5 - 1),      # (count, D)
+                      [leading_object(c[0]) for c in two.captions]))
+    (z_fit, lead_fit), (z_test, lead_test) = parts
+    figures = {}
+    for attribute, values in (("colour", list(shapes.COLOURS)), ("shape", list(shapes.SHAPES))):
+        def labels(objects):
+            return torch.tensor([values.index(o[attribute]) for o in objects])
+        probe = fit_linear_probe(z_fit, labels(lead_fit))
+        figures[attribute] = (probe(z_test) == labels(lead_test)).float().mean().item()
+    return figures
 
 
 def exact_match(images, captions):
@@ -185,6 +245,7 @@ def evaluate_clip(model, test_data, train_data):
     if train_data.class_names == shapes.SHAPES:
         figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model).items()})
         figures.update({f"binding_{k}": v for k, v in binding(model).items()})
+        figures.update({f"probe_{k}": v for k, v in binding_probe(model).items()})
         holdout = datasets.shapes_data(1000, model.cfg.resolution, seed=1, split="holdout",
                                        prefixes=False)
         figures.update({f"holdout_{k}": v for k, v in retrieval(

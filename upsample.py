@@ -48,6 +48,7 @@ class UpsamplerConfig(UNetConfig):
     prediction: str = "v"
     clip_x0: str = "clip"
     min_snr_gamma: float = 0.0        # > 0: cap the loss weight at it (diffusion.py)
+    min_snr_offset: float = 1.0       # v only: the capped weight is min(SNR + offset, gamma)
     degradation: str = "blur"         # "blur" (first upsampler) or "harsh" (second)
     blur_sigma: tuple = (0.4, 1.0)    # range of the blur's standard deviation, in input pixels
     crop: float = 0.5                 # training crops: this fraction of the side

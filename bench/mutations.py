@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 42 mutations; about 6 minutes on 2 cores
+    python bench/mutations.py            # all 45 mutations; about 6 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -128,7 +128,7 @@ MUTATIONS = [
      "context=context, context_mask=mask)", "context=context)",
      "tests/test_decoder.py -k without_its_padding"),
     ("min-snr-cap-ignored", "diffusion.py",
-     "        return implicit.clamp(max=self.min_snr_gamma) / implicit",
+     "        return capped.clamp(max=self.min_snr_gamma) / implicit",
      "        return torch.ones_like(implicit)", "tests/test_diffusion.py -k min_snr"),
     ("ddp-not-wrapped", "train.py", "    if world > 1:  # the processes start from rank 0",
      "    if False:  # the processes start from rank 0", "tests/test_train.py -k torchrun"),
@@ -163,6 +163,14 @@ MUTATIONS = [
      "extract(self.alphas_cumprod_prev, t_prev + 1, x_t)",
      "extract(self.alphas_cumprod, t_prev.clamp(min=0), x_t) if t_prev.min() >= 0 else "
      "torch.ones_like(abar_t)", "tests/test_diffusion.py -k each_item"),
+    ("min-snr-offset-ignored", "diffusion.py",
+     '        capped = snr + self.min_snr_offset if self.prediction == "v" else implicit',
+     "        capped = implicit", "tests/test_diffusion.py -k min_snr"),
+    ("probe-reads-the-first-named-object", "evaluate.py",
+     '    return scene["objects"][scene["relation"] not in ("to the left of", "above")]',
+     '    return scene["objects"][0]', "tests/test_evaluate.py -k probe"),
+    ("zero-shot-argmin", "evaluate.py", "predicted = (p_caption @ names.T).argmax(1)",
+     "predicted = (p_caption @ names.T).argmin(1)", "tests/test_evaluate.py -k zero_shot"),
 ]
 
 

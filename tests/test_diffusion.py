@@ -100,12 +100,14 @@ def test_parameterisations_convert_exactly(prediction):
     assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps, noise, atol=1e-4)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_min_snr_caps_the_weight_of_the_x0_error_at_gamma(prediction):
+@pytest.mark.parametrize("prediction,offset", [("eps", 1.0), ("eps", 0.5), ("x0", 1.0),
+                                               ("v", 1.0), ("v", 0.5), ("v", 0.0)])
+def test_min_snr_caps_the_weight_of_the_x0_error_at_gamma(prediction, offset):
     # Whatever the target, the weighted loss of one wrong prediction must equal
     # min(w, gamma) * |x0_hat - x0|^2, w the simple loss's own weight of the x_0 error: SNR for
-    # eps (Min-SNR exactly), 1 for x0, SNR + 1 for v.
-    d = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none", min_snr_gamma=5.0)
+    # eps (Min-SNR exactly), 1 for x0, SNR + 1 for v; for v the offset replaces the 1.
+    d = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none", min_snr_gamma=5.0,
+                          min_snr_offset=offset)
     x0, t = torch.randn(8, 2), torch.arange(0, 96, 12)
     output = torch.randn(8, 2)  # the network's (wrong) raw output
     torch.manual_seed(0)
@@ -114,8 +116,8 @@ def test_min_snr_caps_the_weight_of_the_x0_error_at_gamma(prediction):
     x_t = d.q_sample(x0, t, torch.randn_like(x0))
     _, x0_hat = d.predict_eps_x0(lambda x, s: output, x_t, t)
     snr = d.alphas_cumprod[t] / (1 - d.alphas_cumprod[t])
-    implicit = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[prediction]
-    expected = (implicit.clamp(max=5.0) * (x0_hat - x0).double().pow(2).mean(1)).mean()
+    w = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + offset}[prediction]
+    expected = (w.clamp(max=5.0) * (x0_hat - x0).double().pow(2).mean(1)).mean()
     assert abs(loss.item() - expected.item()) < 1e-4 * expected.item()
     plain = GaussianDiffusion(cosine_beta_schedule(100), prediction, "none")
     assert torch.equal(plain.loss_weight(t), torch.ones(8))

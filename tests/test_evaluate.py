@@ -1,5 +1,7 @@
-"""evaluate.py: the Frechet distance against its closed forms."""
+"""evaluate.py: the Frechet distance against its closed forms; zero-shot, binding and the
+binding probe on hand-built CLIPs whose answers are known; the cascade's figures."""
 import json
+import math
 
 import torch
 
@@ -116,6 +118,57 @@ def test_binding_scores_one_for_a_model_that_binds_and_chance_for_a_bag_of_attri
     assert all(v == 1.0 for v in bound.values()), bound
     bag = evaluate.binding(_HandBuiltCLIP(bound=False), n=100, seed=5)
     assert all(v == 0.5 for v in bag.values()), bag  # every foil ties with its caption
+
+
+class _OneObjectCLIP:
+    """A 'CLIP' for one-object scenes whose embedding is the scene's attributes, one-hot: read
+    from the caption, or found in the pixels by the checker; blind_to_shape leaves the image's
+    shape out."""
+    cfg = type("cfg", (), {"resolution": 32})
+    logit_scale = torch.tensor(math.log(100.0))
+
+    def __init__(self, blind_to_shape=False):
+        self.blind_to_shape = blind_to_shape
+
+    @staticmethod
+    def embed(obj, position, shape=True):
+        parts = [torch.eye(len(v))[list(v).index(obj[k])] for v, k in
+                 [(shapes.COLOURS, "colour"), (shapes.SHAPES, "shape"), (shapes.SIZES, "size")]]
+        parts[1] *= shape
+        where = torch.eye(len(shapes.POSITIONS))[list(shapes.POSITIONS).index(position)]
+        return torch.cat(parts + [where])
+
+    def encode_text(self, captions):
+        scenes = [shapes.parse_caption(c) for c in captions]
+        return torch.stack([self.embed(s["objects"][0], s["position"]) for s in scenes])
+
+    def encode_image(self, images):
+        found = [shapes.find_objects(image)[0] for image in images]
+        return torch.stack([self.embed(o, shapes._position_of(o["centre"]),
+                                       shape=not self.blind_to_shape) for o in found])
+
+
+def test_shapes_zero_shot_reads_each_attribute_and_misses_one_the_image_lacks():
+    seeing = evaluate.shapes_zero_shot(_OneObjectCLIP(), n=60, seed=5)
+    assert seeing == {"colour": 1.0, "shape": 1.0, "size": 1.0, "position": 1.0}
+    blind = evaluate.shapes_zero_shot(_OneObjectCLIP(blind_to_shape=True), n=60, seed=5)
+    assert blind["shape"] < 0.6 and blind["colour"] == 1.0, blind
+
+
+def test_leading_object_is_the_left_or_upper_one_whichever_is_named_first():
+    for caption, colour in [("a small red circle to the left of a large blue square", "red"),
+                            ("a small red circle to the right of a large blue square", "blue"),
+                            ("a small red circle above a large blue square", "red"),
+                            ("a picture of a small red circle below a large blue square", "blue")]:
+        assert evaluate.leading_object(caption)["colour"] == colour, caption
+
+
+def test_binding_probe_reads_a_bound_embedding_and_not_a_bag_of_attributes():
+    bound = evaluate.binding_probe(_HandBuiltCLIP(bound=True), n=100, n_fit=200, seed=5, fit_seed=6)
+    assert bound == {"colour": 1.0, "shape": 1.0}
+    # A bag of attributes knows the two colours but not which is on the left: about half.
+    bag = evaluate.binding_probe(_HandBuiltCLIP(bound=False), n=100, n_fit=200, seed=5, fit_seed=6)
+    assert 0.3 < bag["colour"] < 0.65 and bag["shape"] < 0.8, bag
 
 
 def test_zero_shot_accuracy_reads_the_class_names_in_every_template():
