@@ -13,8 +13,9 @@ Here p(x | z) is a discretised Gaussian over the 256 pixel levels, so -ELBO is a
 the true code length of the image: reported in nats per image and in bits per dimension.
 Diffusion models (diffusion.py) are the same bound taken over many small noising steps.
 
-Defines: VAEConfig, Encoder, Decoder, gaussian_kl, discretized_gaussian_log_likelihood,
-AutoEncoder (kind "ae" | "dae" | "vae": loss, sample, interpolate).
+Defines: VAEConfig, Encoder, Decoder, gaussian_kl, reparameterise,
+discretized_gaussian_log_likelihood, AutoEncoder (kind "ae" | "dae" | "vae": loss, sample,
+interpolate).
 Run `python vae.py` to train a small VAE on shapes for a minute and save reconstructions.
 """
 import math
@@ -88,6 +89,12 @@ def gaussian_kl(mean, logvar):
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
 
 
+def reparameterise(mean, logvar, eps):
+    """A sample of N(mean, exp(logvar)) written as a function of mean and logvar, the randomness
+    eps ~ N(0, I) an input (Kingma & Welling, section 2.4), so gradients reach the encoder."""
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
     """log P(x) of 8-bit data x in [-1, 1] under N(mean, scale^2) integrated over each pixel's bin
     (width 2/255); the edge bins take the tails, so probabilities sum to one over the 256 levels."""
@@ -137,7 +144,7 @@ class AutoEncoder(nn.Module):
     def elbo_terms(self, x):
         """Per image: reconstruction log-likelihood (nats) and KL (nats)."""
         mean, logvar = self.encoder(x).chunk(2, dim=1)  # (B, 2 * latent) -> 2 x (B, latent)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)  # reparameterisation trick
+        z = reparameterise(mean, logvar, torch.randn_like(mean))
         mean_x, log_scale = self.decoder(z).chunk(2, dim=1)  # (B, 6, R, R) -> 2 x (B, 3, R, R)
         log_px = discretized_gaussian_log_likelihood(x, mean_x, log_scale.clamp(min=-7))
         return log_px.flatten(1).sum(1), gaussian_kl(mean, logvar)

@@ -15,7 +15,7 @@ perplexity, exp(entropy of the code histogram): K when all K codes are used equa
 
 DALL-E (the first) tokenised images this way; DALL-E 2 replaced the tokens with CLIP latents.
 
-Defines: VQVAEConfig, ResidualBlock, VectorQuantizer, VQVAE.
+Defines: VQVAEConfig, ResidualBlock, straight_through, VectorQuantizer, VQVAE.
 Run `python vqvae.py` to train on shapes for a minute and print reconstruction error and usage.
 """
 from dataclasses import dataclass
@@ -47,6 +47,12 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return x + self.body(x)
+
+
+def straight_through(z_e, z_q):
+    """The value of z_q, the gradient of the identity with respect to z_e (section 3.1: the
+    decoder's gradient is copied to the encoder): z_e + sg[z_q - z_e]."""
+    return z_e + (z_q - z_e).detach()
 
 
 class VectorQuantizer(nn.Module):
@@ -82,7 +88,7 @@ class VectorQuantizer(nn.Module):
             self.update(flat, one_hot)
         probs = one_hot.mean(0)
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        z_q = z_e + (z_q - z_e).detach()  # straight-through: forward z_q, backward identity
+        z_q = straight_through(z_e, z_q)
         return z_q, codes.view(b, h, w), codebook, commitment, perplexity
 
     @torch.no_grad()

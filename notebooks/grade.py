@@ -50,6 +50,7 @@ def references():
     import prior
     import unclip
     import vae
+    import vqvae
     from diffusion import GaussianDiffusion, classifier_free_guidance, classifier_guidance
     from upsample import Upsampler, UpsamplerConfig
     from vqvae import VectorQuantizer, VQVAEConfig
@@ -79,9 +80,9 @@ def references():
 
     return {
         "gaussian_kl": vae.gaussian_kl,
-        "reparameterise": lambda mean, logvar, eps: mean + (0.5 * logvar).exp() * eps,
+        "reparameterise": vae.reparameterise,
         "nearest_code": nearest_code,
-        "straight_through": lambda z_e, z_q: z_e + (z_q - z_e).detach(),
+        "straight_through": vqvae.straight_through,
         "q_sample": lambda s, x0, t, noise: GaussianDiffusion(s.betas).q_sample(x0, t, noise),
         "q_posterior_mean": lambda s, x0, x_t, t: GaussianDiffusion(s.betas).q_posterior(
             x0, x_t, t)[0],
@@ -162,10 +163,10 @@ def blank_references():
     import upsample
     import vae
     import vqvae
-    originals = [vae.gaussian_kl, diffusion.classifier_free_guidance,
-                 diffusion.classifier_guidance, diffusion.drop_condition, clip.contrastive_loss,
-                 clip.normalise_embedding, prior.select_candidates, unclip.slerp,
-                 unclip.text_diff]
+    originals = [vae.gaussian_kl, vae.reparameterise, vqvae.straight_through,
+                 diffusion.classifier_free_guidance, diffusion.classifier_guidance,
+                 diffusion.drop_condition, clip.contrastive_loss, clip.normalise_embedding,
+                 prior.select_candidates, unclip.slerp, unclip.text_diff]
 
     def blank(*args, **kwargs):
         raise NotImplementedError("blanked for grading: write your own")

@@ -67,6 +67,8 @@ def test_marks(tmp_path):
         from upsample import Upsampler
         from decoder import drop_condition as decoders_copy
         my_gaussian_kl = vae.gaussian_kl
+        my_reparameterise = vae.reparameterise
+        from vqvae import straight_through as my_straight_through
         my_contrastive_loss = clip.contrastive_loss
         my_normalise_embedding = clip.normalise_embedding
         my_select_candidates = prior.select_candidates
