@@ -137,7 +137,7 @@ class GaussianDiffusion:
         Hang et al. 2023: min(SNR, gamma) for eps). For v the cap is min(SNR + min_snr_offset,
         gamma): the paper's offset 0 starves the noisiest steps (SNR -> 0), where the layout is
         decided (our decoder's relation fell from 0.91 to 0.54); 1 keeps them as the simple loss
-        has them; the decoder's 0.5 drew more two-object scenes than either (docs/results.md)."""
+        has them; the decoder's 0.5 drew more two-object scenes right than 1 (docs/results.md)."""
         if not self.min_snr_gamma:
             return torch.ones(len(t), device=t.device)
         snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]  # (B,)
