@@ -16,7 +16,7 @@ with diffusion.py's classifier_free_guidance. What the decoder is given decides 
 z_i alone gives variations of an image (Fig. 3), z_i from the prior gives text to image, the
 caption alone is a GLIDE-like text-to-image model (the paper's Fig. 8 ablation).
 
-Defines: DecoderConfig, Decoder (context, forward, loss, sample).
+Defines: DecoderConfig, embedding_context, Decoder (context, forward, loss, sample).
 Run `python decoder.py` to fit a decoder to CLIP-like embeddings of shapes scenes (a minute).
 """
 from dataclasses import dataclass
@@ -45,6 +45,13 @@ class DecoderConfig(UNetConfig):
     dropout: float = 0.0            # the U-Net's: a few epochs of training do not overfit
 
 
+def embedding_context(z_i, caption, embedding_proj, num_tokens):
+    """z_i (B, E) -> num_tokens context tokens by one linear map (E -> num_tokens C), put before
+    the caption's projected token features (B, L, C): (B, num_tokens + L, C)."""
+    extra = embedding_proj(z_i).view(len(z_i), num_tokens, -1)            # (B, num_tokens, C)
+    return torch.cat([extra, caption], dim=1)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -60,8 +67,8 @@ class Decoder(nn.Module):
         are zero (as are those of a dropped caption), and L' stops at the longest caption."""
         present = tokens.abs().amax(-1) > 0                                     # (B, L)
         length = int(present.any(0).nonzero().max()) + 1 if present.any() else 0
-        extra = self.embedding_proj(z_i).view(len(z_i), self.cfg.embedding_tokens, -1)
-        context = torch.cat([extra, self.caption_proj(tokens[:, :length])], dim=1)
+        caption = self.caption_proj(tokens[:, :length])                        # (B, L', C)
+        context = embedding_context(z_i, caption, self.embedding_proj, self.cfg.embedding_tokens)
         return context, F.pad(present[:, :length], (self.cfg.embedding_tokens, 0), value=True)
 
     def forward(self, x_t, t, z_i, tokens):

@@ -145,12 +145,12 @@ class GaussianDiffusion:
         capped = snr + self.min_snr_offset if self.prediction == "v" else implicit
         return capped.clamp(max=self.min_snr_gamma) / implicit
 
-    def training_loss(self, model_fn, x0, t=None):
+    def training_loss(self, model_fn, x0, t=None, noise=None):
         """The simple loss (DDPM eq. 14), for whichever target the model predicts (weighted per
-        timestep by loss_weight)."""
+        timestep by loss_weight); t and the noise are drawn unless given."""
         if t is None:  # t ~ Uniform{0, ..., T-1} (the paper's 1..T, shifted to index arrays)
             t = torch.randint(0, self.num_timesteps, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)
+        noise = torch.randn_like(x0) if noise is None else noise
         prediction = model_fn(self.q_sample(x0, t, noise), t)
         error = (prediction.float() - self.training_target(x0, t, noise)).pow(2)
         return (self.loss_weight(t) * error.flatten(1).mean(1)).mean()

@@ -70,8 +70,8 @@ MUTATIONS = [
      "            y = drop_labels(y, self.cfg.p_uncond, self.cfg.num_classes)\n",
      "            pass\n", "tests/test_diffusion.py -k label_dropout"),
     ("decoder-caption-before-embedding", "decoder.py",
-     "context = torch.cat([extra, self.caption_proj(tokens[:, :length])], dim=1)",
-     "context = torch.cat([self.caption_proj(tokens[:, :length]), extra], dim=1)",
+     "return torch.cat([extra, caption], dim=1)",
+     "return torch.cat([caption, extra], dim=1)",
      "tests/test_decoder.py -k context_is"),
     ("decoder-ignores-embedding-vector", "decoder.py",
      "return self.unet(x_t, t, embedding=z_i, context=context",
@@ -171,6 +171,9 @@ MUTATIONS = [
      '    return scene["objects"][0]', "tests/test_evaluate.py -k probe"),
     ("zero-shot-argmin", "evaluate.py", "predicted = (p_caption @ names.T).argmax(1)",
      "predicted = (p_caption @ names.T).argmin(1)", "tests/test_evaluate.py -k zero_shot"),
+    ("checkpoints-loaded-where-they-were-saved", "checkpoint.py",
+     'torch.load(path, map_location="cpu", weights_only=True)',
+     "torch.load(path, weights_only=True)", "tests/test_train.py -k gpu_load"),
 ]
 
 

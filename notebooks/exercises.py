@@ -120,12 +120,28 @@ def _normalise_embedding(g):
     return (3 * torch.randn(4, 16, generator=g),)
 
 
+def _prior_loss(g):
+    z_i, noise = torch.stack(_unit_vectors(g, 4)), torch.randn(4, 8, generator=g)
+    weight = torch.randn(8, 8, generator=g) / 3
+
+    def model_fn(z_noisy, t):  # a fixed stand-in for the prior: (B, 8), (B,) steps -> (B, 8)
+        return z_noisy @ weight * (1 - t[:, None] / 1000)
+    return model_fn, _schedule(), z_i, _timesteps(g, 0), noise
+
+
 def _select_candidates(g):
     return torch.randn(5, 3, 4, generator=g), torch.randn(5, 4, generator=g)
 
 
 def _upsampler_condition(g):
     return torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, 16
+
+
+def _embedding_context(g):
+    with torch.random.fork_rng():  # the reader's random state stays as it was
+        torch.manual_seed(int(torch.randint(2 ** 31, (), generator=g)))  # the weights
+        embedding_proj = torch.nn.Linear(6, 3 * 4)
+    return torch.randn(2, 6, generator=g), torch.randn(2, 5, 4, generator=g), embedding_proj, 3
 
 
 def _drop_condition(g):
@@ -173,9 +189,12 @@ EXERCISES = {
     "contrastive_loss": ("05_clip", 2, _contrastive_loss, "the symmetric InfoNCE loss"),
     "normalise_embedding": ("06_prior", 1, _normalise_embedding, "(B, D) of norm sqrt(D)"),
     "select_candidates": ("06_prior", 2, _select_candidates, "(B, D) the best candidates"),
+    "prior_loss": ("06_prior", 3, _prior_loss, "the prior's loss on the clean z_i (a scalar)"),
     "upsampler_condition": ("07_decoder_upsamplers", 1, _upsampler_condition,
                             "the low-resolution image resized bilinearly"),
     "drop_condition": ("07_decoder_upsamplers", 2, _drop_condition, "c with dropped rows zeroed"),
+    "embedding_context": ("07_decoder_upsamplers", 2, _embedding_context,
+                          "(B, k + L, C) z_i's k tokens, then the caption's"),
     "slerp": ("08_unclip", 3, _slerp, "(K, D) spherical interpolation"),
     "text_diff": ("08_unclip", 2, _text_diff, "(K, D) z_i rotated towards the text diff"),
 }

@@ -47,6 +47,7 @@ def references():
     """name -> the project's own function of the exercise's inputs (or the closed form, where
     the project computes it inline): what the stored outputs are made from."""
     import clip
+    import decoder
     import prior
     import unclip
     import vae
@@ -96,8 +97,11 @@ def references():
         "contrastive_loss": clip.contrastive_loss,
         "normalise_embedding": clip.normalise_embedding,
         "select_candidates": prior.select_candidates,
+        "prior_loss": lambda model_fn, s, z_i, t, noise: GaussianDiffusion(
+            s.betas, "x0", "none").training_loss(model_fn, z_i, t, noise),
         "upsampler_condition": condition,
         "drop_condition": lambda c, u, p: c * (u >= p).to(c.dtype).view(-1, *[1] * (c.dim() - 1)),
+        "embedding_context": decoder.embedding_context,
         "slerp": unclip.slerp,
         "text_diff": unclip.text_diff,
     }
@@ -157,6 +161,7 @@ def blank_references():
     """Replace every project function that answers an exercise, wherever a module holds it, by
     one that raises NotImplementedError; make solutions.py unimportable."""
     import clip
+    import decoder
     import diffusion
     import prior
     import unclip
@@ -166,7 +171,8 @@ def blank_references():
     originals = [vae.gaussian_kl, vae.reparameterise, vqvae.straight_through,
                  diffusion.classifier_free_guidance, diffusion.classifier_guidance,
                  diffusion.drop_condition, clip.contrastive_loss, clip.normalise_embedding,
-                 prior.select_candidates, unclip.slerp, unclip.text_diff]
+                 prior.select_candidates, decoder.embedding_context, unclip.slerp,
+                 unclip.text_diff]
 
     def blank(*args, **kwargs):
         raise NotImplementedError("blanked for grading: write your own")

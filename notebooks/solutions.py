@@ -85,6 +85,13 @@ def select_candidates(candidates, z_t):
     return candidates[torch.arange(len(candidates)), scores.argmax(1)]
 
 
+def prior_loss(model_fn, diffusion, z_i, t, noise):
+    # unCLIP section 2.1: noise z_i as DDPM's eq. 4 does, but regress on z_i itself, not the noise.
+    abar = diffusion.alphas_cumprod[t].to(z_i.dtype)[:, None]
+    z_noisy = abar.sqrt() * z_i + (1 - abar).sqrt() * noise
+    return (model_fn(z_noisy, t) - z_i).pow(2).mean()
+
+
 def upsampler_condition(low, resolution):
     return F.interpolate(low, size=(resolution, resolution), mode="bilinear",
                          align_corners=False)
@@ -93,6 +100,11 @@ def upsampler_condition(low, resolution):
 def drop_condition(c, u, p_uncond):
     keep = (u >= p_uncond).to(c.dtype)
     return c * keep.view(-1, *[1] * (c.dim() - 1))
+
+
+def embedding_context(z_i, caption, embedding_proj, num_tokens):
+    b, _, width = caption.shape
+    return torch.cat([embedding_proj(z_i).reshape(b, num_tokens, width), caption], dim=1)
 
 
 def slerp(a, b, theta):

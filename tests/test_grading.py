@@ -72,6 +72,7 @@ def test_marks(tmp_path):
         my_contrastive_loss = clip.contrastive_loss
         my_normalise_embedding = clip.normalise_embedding
         my_select_candidates = prior.select_candidates
+        from decoder import embedding_context as my_embedding_context
         my_slerp = unclip.slerp
         from unclip import text_diff as my_text_diff
         """, """
@@ -90,6 +91,10 @@ def test_marks(tmp_path):
         def my_ddim_step(schedule, x_t, eps, t, t_prev):
             process = GaussianDiffusion(schedule.betas, clip_x0="none")
             return process.ddim_sample(lambda x, t: eps, x_t, t, t_prev)
+
+
+        def my_prior_loss(model_fn, s, z_i, t, noise):
+            return GaussianDiffusion(s.betas, "x0", "none").training_loss(model_fn, z_i, t, noise)
 
 
         def my_drop_condition(c, u, p_uncond):

@@ -508,6 +508,36 @@ def test_batches_and_clip_features_follow_the_model_device():
     assert z_i.is_meta and z_t.is_meta and tokens.is_meta
 
 
+def test_checkpoints_written_on_a_gpu_load_and_sample_on_a_cpu(cascade, tmp_path):
+    # What a student with a GPU gets: train.py trains there and saves CUDA tensors; the notebooks
+    # and sample.py load the cascade in a process that may have no GPU at all. Simulated here by
+    # re-saving the test cascade with every storage tagged "cuda:0", as torch.save tags them on
+    # a GPU.
+    import torch.serialization as serialization
+    import unclip
+
+    def on_the_gpu(storage):
+        return "cuda:0"
+    serialization.register_package(0, on_the_gpu, lambda storage, location: None)
+    try:
+        for stage in ("clip", "prior", "decoder", "upsampler"):
+            state = torch.load(cascade / f"{stage}.pt", map_location="cpu", weights_only=True)
+            torch.save(state, tmp_path / f"{stage}.pt")
+    finally:  # no public way to unregister a tagger
+        serialization._package_registry[:] = [p for p in serialization._package_registry
+                                              if p[1] is not on_the_gpu]
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):  # the simulation is what a GPU writes
+            torch.load(tmp_path / "decoder.pt", weights_only=True)
+    clip_model, prior, decoder, upsamplers = checkpoint.load_unclip(str(tmp_path))
+    torch.manual_seed(0)
+    images, z_i = unclip.unclip_sample(clip_model, prior, decoder, upsamplers,
+                                       ["a red circle", "a blue square"], steps=2,
+                                       upsampler_steps=2)
+    assert images[-1].device.type == "cpu" and images[-1].shape == (2, 3, 64, 64)
+    assert torch.isfinite(images[-1]).all() and z_i.device.type == "cpu"
+
+
 def test_resume_is_exact_for_a_stage_with_an_ema_that_reads_clip(tmp_path):
     # The decoder keeps an EMA and reads CLIP's cached features: both must resume exactly.
     tiny = ["--steps", "2", "--batch-size", "4", "--n_train=16", "--warmup=1", "--quiet",
