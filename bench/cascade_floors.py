@@ -61,9 +61,7 @@ def main():
         clip_fid_real_through_decoder_resolution=clip_fid(
             F.interpolate(low, size=final, mode="bilinear", align_corners=False)),
         clip_fid_own_embedding=clip_fid(decoded),
-        clip_score_own_embedding=clip_score(clip_model, decoded, captions),
-        clip_score_real=clip_score(clip_model, real, captions),
-        clip_score_shuffled=clip_score(clip_model, real.roll(1, 0), captions))
+        clip_score_own_embedding=clip_score(clip_model, decoded, captions))
     figures = {k: round(v, 4) for k, v in figures.items()}
     print(json.dumps(figures, indent=1))
     with open(os.path.join(args.models, "cascade_floors.json"), "w") as f:
