@@ -23,14 +23,15 @@ from diffusion import DDPM, ClassifierConfig, DDPMConfig, NoisyClassifier
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, PriorConfig
 from upsample import Upsampler, UpsamplerConfig
 from vae import AutoEncoder, VAEConfig
-from vqvae import VQVAE, VQVAEConfig
+from vqvae import VQVAE, CodePrior, CodePriorConfig, VQVAEConfig
 
 FORMAT = "unclip-from-scratch/1"
-STAGES = ("ae", "dae", "vae", "vqvae", "ddpm", "classifier", "clip", "prior", "ar_prior",
-          "decoder", "upsampler", "upsampler2")
-CLASSES = {"vqvae": (VQVAEConfig, VQVAE), "ddpm": (DDPMConfig, DDPM),
-           "classifier": (ClassifierConfig, NoisyClassifier), "clip": (CLIPConfig, CLIP),
-           "prior": (PriorConfig, DiffusionPrior), "ar_prior": (ARPriorConfig, ARPrior),
+STAGES = ("ae", "dae", "vae", "vqvae", "code_prior", "ddpm", "classifier", "clip", "prior",
+          "ar_prior", "decoder", "upsampler", "upsampler2")
+CLASSES = {"vqvae": (VQVAEConfig, VQVAE), "code_prior": (CodePriorConfig, CodePrior),
+           "ddpm": (DDPMConfig, DDPM), "classifier": (ClassifierConfig, NoisyClassifier),
+           "clip": (CLIPConfig, CLIP), "prior": (PriorConfig, DiffusionPrior),
+           "ar_prior": (ARPriorConfig, ARPrior),
            "decoder": (DecoderConfig, Decoder), "upsampler": (UpsamplerConfig, Upsampler),
            "upsampler2": (UpsamplerConfig, Upsampler)}
 

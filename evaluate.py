@@ -4,6 +4,10 @@ train.py calls `evaluate(stage, ...)` when a stage finishes and `evaluate_unclip
 job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
   - AE, DAE, VAE, VQ-VAE: reconstruction MSE (and PSNR) against the mean image; the VAE's
     negative ELBO in bits per dimension; the VQ-VAE's code perplexity and dead codes.
+  - The prior over VQ-VAE codes: held-out bits per code against a prior that ignores context
+    (each code drawn from the training codes' histogram) and the uniform log2 K; on shapes, the
+    share of images the checker reads as a scene (one or two objects) for its samples, the
+    context-free prior's, the VQ-VAE's reconstructions and the real images.
   - DDPM: a grid of samples per class, and on shapes the share with the requested shape; on
     real labelled data (`--ddpm-quality`), a plain classifier's accuracy on the samples of each
     requested class and the Frechet distance in its features, per guidance scale.
@@ -32,7 +36,7 @@ symmetric positive semi-definite, so they are real and non-negative (up to round
 Defines: feature_statistics, frechet_distance, clip_features, clip_score, shapes_zero_shot,
 binding, leading_object, fit_linear_probe, binding_probe, exact_match, held_out_scenes,
 held_out_prompts, zero_shot_accuracy, class_conditional_quality, evaluate (one stage),
-evaluate_unclip (the cascade), guidance_sweep.
+scene_rate, evaluate_code_prior, evaluate_unclip (the cascade), guidance_sweep.
 Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
 against held-out shapes scenes at several decoder guidance scales; `python evaluate.py --models
 OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on another labelled data set.
@@ -349,6 +353,46 @@ def evaluate_decoder(model, clip_model, test_data, out, n=100, guidance_scale=3.
     return exact_match(decoded, captions)
 
 
+def scene_rate(images):
+    """The share of images (N, 3, R, R) in which shapes.find_objects reads one or two objects."""
+    return sum(len(shapes.find_objects(image)) in (1, 2) for image in images) / len(images)
+
+
+def evaluate_code_prior(model, train_data, test_data, out, n=200):
+    """Held-out bits per code, against the context-free prior and the uniform one; on shapes,
+    the scene rate of n samples beside the baselines'. Writes a grid: samples, then
+    context-free samples."""
+    device, vq = model.head.weight.device, model.vqvae
+
+    def encode(data):  # (N, h w) codes of up to 5,000 images
+        return torch.cat([model.encode(data.batch(i)[0].to(device))
+                          for i in torch.arange(min(5000, len(data))).split(500)])
+
+    histogram = torch.bincount(encode(train_data).flatten(), minlength=vq.cfg.num_codes)
+    unigram = (histogram + 1) / (histogram + 1).sum()           # (K,), smoothed
+    codes = encode(test_data)                                   # (N, h w)
+    nll = torch.cat([F.cross_entropy(model.logits(c[:, :-1]).flatten(0, 1), c.flatten(),
+                                     reduction="none") for c in codes.split(250)])
+    figures = {"bits_per_code": nll.mean().item() / math.log(2),
+               "context_free_bits_per_code": -unigram[codes].log2().mean().item(),
+               "uniform_bits_per_code": math.log2(vq.cfg.num_codes)}
+    samples = model.sample(n)
+    context_free = vq.decode_codes(torch.multinomial(unigram, n * model.side ** 2, True)
+                                   .view(n, model.side, model.side))
+    datasets.save_grid(torch.cat([samples[:32], context_free[:16]]).cpu(),
+                       os.path.join(out, "code_prior_samples.png"), scale=2)
+    try:
+        shapes.parse_caption(test_data.captions[0][0])
+    except ValueError:
+        return figures  # the checker reads shapes scenes only
+    real = test_data.batch(torch.arange(n))[0].to(device)
+    figures.update(scene_rate_samples=scene_rate(samples.cpu()),
+                   scene_rate_context_free=scene_rate(context_free.cpu()),
+                   scene_rate_reconstructions=scene_rate(vq.reconstruct(real).cpu()),
+                   scene_rate_real=scene_rate(real.cpu()))
+    return figures
+
+
 def evaluate_upsampler(model, test_data, stage, out, n=64):
     """Upsample box-downsampled held-out images; against bilinear resizing, by MSE and by the
     checker's exact match at the output resolution."""
@@ -376,6 +420,8 @@ def evaluate(stage, model, train_data, test_data, device, out):
         return evaluate_prior(model, clip_model, test_data)
     if stage in ("upsampler", "upsampler2"):
         return evaluate_upsampler(model, test_data, stage, out)
+    if stage == "code_prior":
+        return evaluate_code_prior(model, train_data, test_data, out)
     x, _, labels = test_data.batch(torch.arange(min(1000, len(test_data))))
     x = x.to(device)
     if stage == "ddpm":

@@ -6,6 +6,7 @@
     python sample.py interpolate a.png b.png                                # Fig. 4
     python sample.py text-diff "a red circle" "a blue circle" image.png     # Fig. 5
     python sample.py ddpm --class circle --guidance 3 --out circles.png
+    python sample.py codes --ckpt runs/vq/code_prior.pt --n 64   # VQ-VAE codes, then decoded
 
 The unCLIP jobs read what `python train.py` wrote to --models (default out/): clip.pt, prior.pt
 (or ar_prior.pt with --prior ar), decoder.pt and the upsamplers present. Guidance scales are
@@ -28,7 +29,7 @@ from clip import normalise_embedding
 from diffusion import classifier_guidance
 from unclip import decode, slerp, text_diff, unclip_sample
 
-JOBS = ("unclip", "variations", "interpolate", "text-diff", "ddpm")
+JOBS = ("unclip", "variations", "interpolate", "text-diff", "ddpm", "codes")
 OLD_SPELLINGS = {"--variations": "variations", "--interpolate": "interpolate",
                  "--text-diff": "text-diff", "--prompts": "unclip --prompts"}
 
@@ -134,6 +135,13 @@ def sample_ddpm(args):
                                      args.eta, cond_fn, device), args.out)
 
 
+@torch.no_grad()
+def sample_codes(args):
+    model = restore_model(load_checkpoint(args.ckpt, "code_prior"), pick_device(args.device))
+    torch.manual_seed(args.seed)
+    return write_images(model.sample(args.n, args.temperature), args.out)
+
+
 def parser_for_jobs():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     jobs = parser.add_subparsers(dest="job", metavar="JOB", help=", ".join(JOBS))
@@ -153,6 +161,11 @@ def parser_for_jobs():
             p.add_argument("--classifier-scale", type=float, default=1.0)
             p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
             p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic")
+            continue
+        if job == "codes":
+            p.add_argument("--ckpt", default="out/code_prior.pt")
+            p.add_argument("--temperature", type=float, default=1.0,
+                           help="of each code's softmax: below 1 safer, above 1 wilder")
             continue
         p.add_argument("--models", default="out", help="the folder python train.py wrote")
         p.add_argument("--prior", choices=["diffusion", "ar"], default="diffusion")
@@ -186,7 +199,7 @@ def main(argv=None):
             raise ValueError(f"name a job: {', '.join(JOBS)} (python sample.py --help)")
         if args.n < 1:
             raise ValueError(f"--n must be at least 1, got {args.n}")
-        written = sample_ddpm(args) if args.job == "ddpm" else sample_unclip(args)
+        written = {"ddpm": sample_ddpm, "codes": sample_codes}.get(args.job, sample_unclip)(args)
         print(f"wrote {written}")
     except (ValueError, OSError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@
                                      # upsampler, one after the other), 18 min on 2 cores
     python train.py decoder          # one stage; prior, ar_prior and decoder read OUT/clip.pt
     python train.py vqvae --steps 500 --out runs/vq
+    python train.py code_prior --out runs/vq      # a prior over that VQ-VAE's codes
     python train.py ddpm --data cifar10:~/data/cifar-10-python.tar.gz --preset gpu-cifar10
     python train.py vae --latent_dim=16 --lr=1e-3   # --key=value sets a run setting or model field
     python train.py clip --preset gpu-coco --print-settings   # what a run would use, as JSON
@@ -70,6 +71,7 @@ CPU_BF16_STAGES = ("ddpm", "classifier", "decoder", "upsampler", "upsampler2")
 # is the upsampler set up as the paper's second, harsher one.
 STAGE_RUNS = {
     "ae": dict(lr=2e-3), "dae": dict(lr=2e-3), "vae": dict(lr=2e-3), "vqvae": {},
+    "code_prior": dict(steps=1200, lr_schedule="cosine"),
     "ddpm": dict(data="shapes:1", ema_decay=0.995),
     "classifier": dict(data="shapes:1", steps=600),
     "clip": dict(steps=800, batch_size=128, weight_decay=0.1),
@@ -285,11 +287,21 @@ def train(stage, run, config, out, seed=0, device=None, resume=False, quiet=Fals
     path = os.path.join(out, f"{stage}.pt")
     state = load_checkpoint(path, stage) if resume else None  # fail before rendering any data
     os.makedirs(out, exist_ok=True)
-    data = datasets.load_data(run["data"], run["resolution"], run["n_train"], seed, "train")
+    # The models a stage reads come first: a missing one fails before any data is rendered.
     clip_model = load_clip(out, device) if stage in CLIP_STAGES else None
+    vqvae = None
+    if stage == "code_prior":  # the frozen VQ-VAE it models the codes of, inside it
+        vqvae = restore_model(load_checkpoint(os.path.join(out, "vqvae.pt"), "vqvae"))
+        if vqvae.cfg.resolution != run["resolution"]:
+            raise ValueError(f"{out}/vqvae.pt takes {vqvae.cfg.resolution} px images: pass "
+                             f"--resolution={vqvae.cfg.resolution}")
+        config = dict(config, vqvae=dataclasses.asdict(vqvae.cfg))
+    data = datasets.load_data(run["data"], run["resolution"], run["n_train"], seed, "train")
     config = complete_config(stage, config, data, clip_model)
     torch.manual_seed(seed)  # the initial weights
     model = build_model(stage, config).to(device)
+    if vqvae is not None:
+        model.vqvae.load_state_dict(vqvae.state_dict())
     config = dataclasses.asdict(model.cfg)
     clip_cache = None
     if clip_model is not None and all(len(c) == 1 for c in data.captions):

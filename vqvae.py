@@ -13,12 +13,25 @@ exponential moving average of the vectors assigned to each code (their appendix 
 no vector picks ("dead codes") are restarted on random encoder outputs. Usage is reported as
 perplexity, exp(entropy of the code histogram): K when all K codes are used equally.
 
+The VQ-VAE alone only reconstructs. To draw new images the paper fits a prior over the grid of
+codes, autoregressive in raster order (their section 3.2, a PixelCNN),
+
+    p(c) = prod_j p(c_j | c_1 ... c_{j-1}),
+
+trained by cross-entropy on the codes of the training images with the VQ-VAE frozen; a sample's
+codes are then decoded. CodePrior is that prior as a small causal transformer (as DALL-E's and
+VQGAN's later were), the frozen VQ-VAE inside it, so one checkpoint draws images. Its held-out
+negative log-likelihood in bits per code says how much structure it found: log2 K bits if none.
+
 DALL-E (the first) tokenised images this way; DALL-E 2 replaced the tokens with CLIP latents.
 
-Defines: VQVAEConfig, ResidualBlock, straight_through, VectorQuantizer, VQVAE.
-Run `python vqvae.py` to train on shapes for a minute and print reconstruction error and usage.
+Defines: VQVAEConfig, ResidualBlock, straight_through, VectorQuantizer, VQVAE, CodePriorConfig,
+CodePrior (encode, logits, loss, sample_codes, sample).
+Run `python vqvae.py` to train on shapes for two minutes: reconstruction error, usage, the
+prior's bits per code, and samples.
 """
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -163,6 +176,77 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.codebook[codes].permute(0, 3, 1, 2)).clamp(-1, 1)
 
 
+# ----------------------------------------------------------------------------------------------
+# A prior over the codes: what makes the VQ-VAE generative.
+
+@dataclass
+class CodePriorConfig:
+    vqvae: dict = None     # the frozen VQ-VAE's config, taken from its checkpoint by train.py
+    width: int = 64
+    layers: int = 4
+    heads: int = 4
+
+
+class CodePrior(nn.Module):
+    """p(c) over the VQ-VAE's (h, w) grid of codes in raster order, one code at a time."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        if not cfg.vqvae:
+            raise ValueError("a code prior needs its VQ-VAE's config: train the vqvae stage "
+                             "first (python train.py vqvae), then code_prior with the same --out")
+        self.cfg = cfg
+        self.vqvae = VQVAE(VQVAEConfig(**cfg.vqvae)).requires_grad_(False)
+        v, w = self.vqvae.cfg, cfg.width
+        self.side = v.resolution // v.downsample
+        self.code_embed = nn.Embedding(v.num_codes + 1, w)  # the last entry: the start token
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(self.side ** 2, w))
+        layer = nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.ln_final = nn.LayerNorm(w)
+        self.head = nn.Linear(w, v.num_codes)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.vqvae.eval()  # frozen: no codebook updates, no restarts
+        return self
+
+    @torch.no_grad()
+    def encode(self, images):
+        """(B, 3, R, R) -> (B, h w) code indices in raster order."""
+        return self.vqvae.quantizer(self.vqvae.encoder(images))[1].flatten(1)
+
+    def logits(self, codes):
+        """(B, j) codes so far -> (B, j + 1, K): the distribution of each code given those
+        before it (position 0 sees the start token alone)."""
+        start = torch.full((len(codes), 1), self.vqvae.cfg.num_codes, device=codes.device)
+        x = self.code_embed(torch.cat([start, codes], 1))                      # (B, j+1, w)
+        n = x.shape[1]
+        causal = torch.full((n, n), float("-inf"), device=x.device).triu(1)
+        x = self.transformer(x + self.positional_embedding[:n], mask=causal, is_causal=True)
+        return self.head(self.ln_final(x))
+
+    def loss(self, images):
+        codes = self.encode(images)                                             # (B, h w)
+        logits = self.logits(codes[:, :-1])                                     # (B, h w, K)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())
+        return nll, {"bits_per_code": nll.item() / math.log(2)}
+
+    @torch.no_grad()
+    def sample_codes(self, n, temperature=1.0):
+        """(n, h, w) code grids, drawn one code at a time in raster order."""
+        codes = torch.zeros(n, 0, dtype=torch.long, device=self.head.weight.device)
+        for _ in range(self.side ** 2):
+            probs = F.softmax(self.logits(codes)[:, -1].float() / temperature, -1)   # (n, K)
+            codes = torch.cat([codes, torch.multinomial(probs, 1)], 1)
+        return codes.view(n, self.side, self.side)
+
+    def sample(self, n, temperature=1.0):
+        """n images (n, 3, R, R) in [-1, 1]: sampled codes, decoded."""
+        return self.vqvae.decode_codes(self.sample_codes(n, temperature))
+
+
 if __name__ == "__main__":
     import time
 
@@ -180,6 +264,19 @@ if __name__ == "__main__":
         if step % 100 == 0:
             print(f"step {step}: mse {figures['mse']:.4f}, perplexity {figures['perplexity']:.1f}, "
                   f"dead codes {figures['dead']} ({time.time() - start:.0f}s)")
+    # Then a prior over the codes of the trained (now frozen) VQ-VAE, and samples from it.
+    prior = CodePrior(CodePriorConfig(vqvae=asdict(model.cfg)))
+    prior.vqvae.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam([p for p in prior.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(301):
+        loss, figures = prior.train().loss(data.batch(torch.randint(len(data), (64,)))[0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            print(f"prior step {step}: {figures['bits_per_code']:.2f} bits per code (uniform: "
+                  f"{math.log2(model.cfg.num_codes):.0f}) ({time.time() - start:.0f}s)")
     x = data.batch(torch.arange(8))[0]
-    save_grid(torch.cat([x, model.reconstruct(x)]), "out/vqvae_demo.png", scale=2)
-    print("wrote out/vqvae_demo.png (rows: data, reconstructions)")
+    save_grid(torch.cat([x, model.reconstruct(x), prior.eval().sample(8)]), "out/vqvae_demo.png",
+              scale=2)
+    print("wrote out/vqvae_demo.png (rows: data, reconstructions, samples through the prior)")

@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 45 mutations; about 6 minutes on 2 cores
+    python bench/mutations.py            # all 49 mutations; about 7 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -151,11 +151,20 @@ MUTATIONS = [
      "t = torch.randint(0, self.cfg.max_timestep or self.cfg.timesteps, (len(x0),),",
      "t = torch.randint(0, self.cfg.timesteps, (len(x0),),",
      "tests/test_diffusion.py -k max_timestep"),
+    ("code-prior-sees-the-code-it-predicts", "vqvae.py",
+     "x + self.positional_embedding[:n], mask=causal, is_causal=True)",
+     "x + self.positional_embedding[:n])", "tests/test_vqvae.py -k code_prior"),
+    ("code-prior-trains-its-vqvae-codebook", "vqvae.py",
+     "        self.vqvae.eval()  # frozen: no codebook updates, no restarts\n",
+     "        pass\n", "tests/test_train.py -k code_prior"),
     ("notebook-imports-train", "notebooks/exercises.py", "import torch\n\nsys.path.insert",
      "import torch\nimport train  # noqa: F401\n\nsys.path.insert",
      "tests/test_imports.py -k command_lines"),
     ("grading-leaves-the-projects-answers", "notebooks/grade.py", "    blank_references()\n",
      "    pass\n", "tests/test_grading.py -k marks"),
+    ("grading-leaves-the-frechet-distance", "notebooks/grade.py",
+     "unclip.text_diff, evaluate.frechet_distance, evaluate._sqrtm_psd]", "unclip.text_diff]",
+     "tests/test_grading.py -k marks"),
     ("grading-leaves-ddim", "notebooks/grade.py",  # x0_from_eps, which ddim_sample calls, too
      '"x0_from_eps", "training_target", "training_loss",\n            "ddim_sample", ',
      '"training_target", "training_loss",\n            ', "tests/test_grading.py -k marks"),

@@ -1,5 +1,5 @@
-"""sample.py: the DDPM with guidance; unCLIP's text to image, variations, interpolations and
-text diffs; one-line errors for bad input."""
+"""sample.py: the DDPM with guidance; the prior over VQ-VAE codes; unCLIP's text to image,
+variations, interpolations and text diffs; one-line errors for bad input."""
 import os
 import shutil
 
@@ -24,6 +24,10 @@ def checkpoints(tmp_path_factory):
                steps=2, warmup=1)
     train.train("ddpm", run, UNET, str(out), device="cpu", quiet=True)
     train.train("classifier", run, UNET, str(out), device="cpu", quiet=True)
+    train.train("vqvae", dict(run, data="shapes"), dict(resolution=16, channels=8), str(out),
+                device="cpu", quiet=True)
+    train.train("code_prior", dict(run, data="shapes"), dict(width=16, layers=1, heads=2),
+                str(out), device="cpu", quiet=True)
     return out
 
 
@@ -36,6 +40,13 @@ def test_writes_a_grid_or_one_file_per_image(checkpoints, tmp_path):
                  str(checkpoints / "classifier.pt"), "--classifier-scale", "2", "--sampler", "ddpm",
                  "--n", "2", "--out", str(tmp_path / "many")])
     assert sorted(os.listdir(tmp_path / "many")) == ["0000.png", "0001.png"]
+
+
+def test_codes_job_draws_from_the_prior_over_codes(checkpoints, tmp_path):
+    sample.main(["codes", "--ckpt", str(checkpoints / "code_prior.pt"), "--n", "2",
+                 "--temperature", "0.5", "--out", str(tmp_path / "codes")])
+    images = [np.asarray(Image.open(tmp_path / "codes" / f)) for f in ("0000.png", "0001.png")]
+    assert all(image.shape == (16, 16, 3) for image in images)
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -154,11 +154,14 @@ def test_nonfinite_gradients_are_caught_like_a_nonfinite_loss(tmp_path, monkeypa
     (["ae", "--resolution", "24", "--steps", "1"], "must be a power of two >= 8, got 24"),
     (["ae", "--data", "cifar10:/nowhere", "--steps", "1"], "/nowhere: no such file or folder"),
     (["ae", "--resume", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/ae.pt"),
-    (["upsampler", "--low_resolution=64", "--steps", "1"], "resolution 64 must exceed"),
-    (["upsampler", "--degradation=jpeg", "--steps", "1"], "degradation must be 'blur' or"),
-    (["clip", "--image_encoder=vit", "--patch_size=5", "--steps", "1"],
+    (["upsampler", "--low_resolution=64", "--steps", "1", "--n_train=16"],
+     "resolution 64 must exceed"),
+    (["upsampler", "--degradation=jpeg", "--steps", "1", "--n_train=16"],
+     "degradation must be 'blur' or"),
+    (["clip", "--image_encoder=vit", "--patch_size=5", "--steps", "1", "--n_train=16"],
      "patch_size 5 must divide resolution 32"),
-    (["clip", "--tokenizer=bpe", "--steps", "1"], "tokenizer must be 'word' or 'byte'"),
+    (["clip", "--tokenizer=bpe", "--steps", "1", "--n_train=16"],
+     "tokenizer must be 'word' or 'byte'"),
     (["ar_prior", "--out", "/tmp/nothing-here"], "no checkpoint at /tmp/nothing-here/clip.pt"),
     # (a tiny run, so that a check that lets these through fails fast instead of training)
     (["ae", "--precision=fp16"] + TINY_RUN, "--precision=fp16: choose from auto, bf16, fp32"),
@@ -206,7 +209,7 @@ def _assert_resume_matches_a_straight_run(args, killed, straight):
 def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     """SIGKILL a real training process after its first checkpoint; --resume must then end with
     exactly the weights of an uninterrupted run."""
-    args = ["ae", "--steps", "600", "--resolution", "16", "--batch-size", "4", "--n_train=32",
+    args = ["ae", "--steps", "300", "--resolution", "16", "--batch-size", "4", "--n_train=32",
             "--channels=8", "--checkpoint_every=20", "--quiet"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     killed = tmp_path / "killed"
@@ -217,7 +220,7 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step = checkpoint.load_checkpoint(str(killed / "ae.pt"))["step"]  # whole, not truncated
-    assert 0 < step < 600, step
+    assert 0 < step < 300, step
     _assert_resume_matches_a_straight_run(args, killed, tmp_path / "straight")
 
 
@@ -293,6 +296,27 @@ def test_clip_reading_stages_need_clip_first(tmp_path, capsys):
         train.main(["prior", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert "no checkpoint at" in err and "clip.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_code_prior_trains_on_its_vqvae_and_its_checkpoint_draws_images(tmp_path, capsys):
+    out = str(tmp_path)
+    tiny = ["--out", out, "--resolution", "16", "--n_train=32", "--batch-size", "8", "--quiet"]
+    with pytest.raises(SystemExit):  # no VQ-VAE yet
+        train.main(["code_prior", "--steps", "1"] + tiny)
+    err = capsys.readouterr().err
+    assert "vqvae.pt" in err and "train it first" in err and len(err.strip().splitlines()) == 1
+    train.main(["vqvae", "--steps", "20", "--channels=8", "--no-eval"] + tiny)
+    train.main(["code_prior", "--steps", "2", "--width=16", "--layers=1", "--heads=2"] + tiny)
+    metrics = json.load(open(tmp_path / "code_prior_metrics.json"))
+    assert metrics["uniform_bits_per_code"] == 7  # log2 of 128 codes
+    assert 0 < metrics["bits_per_code"] and 0 <= metrics["scene_rate_samples"] <= 1
+    load = checkpoint.load_checkpoint
+    vqvae = checkpoint.restore_model(load(os.path.join(out, "vqvae.pt"), "vqvae"))
+    # The VQ-VAE inside it, frozen: the one it was trained on.
+    prior = checkpoint.restore_model(load(os.path.join(out, "code_prior.pt"), "code_prior"))
+    assert all(torch.equal(a, b) for a, b in zip(prior.vqvae.state_dict().values(),
+                                                 vqvae.state_dict().values()))
+    assert prior.sample(3).shape == (3, 3, 16, 16)
 
 
 def test_main_job_rejects_a_setting_no_stage_has(capsys):

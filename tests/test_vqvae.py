@@ -1,9 +1,12 @@
-"""vqvae.py: nearest code, straight-through gradient, the two losses, EMA, restarts, learning."""
+"""vqvae.py: nearest code, straight-through gradient, the two losses, EMA, restarts, learning;
+the prior over codes: causal, and it learns."""
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from data import shapes_data
-from vqvae import VQVAE, VectorQuantizer, VQVAEConfig
+from vqvae import VQVAE, CodePrior, CodePriorConfig, VectorQuantizer, VQVAEConfig
 
 
 def test_chosen_code_is_argmin_of_distances():
@@ -84,3 +87,43 @@ def test_vqvae_loss_falls_on_tiny_shapes():
     assert sum(losses[-5:]) < sum(losses[:5]) / 4, (losses[:5], losses[-5:])
     assert model.reconstruct(x).shape == x.shape
     assert model.decode_codes(torch.zeros(2, 4, 4, dtype=torch.long)).shape == (2, 3, 16, 16)
+
+
+def tiny_code_prior():
+    vq = VQVAEConfig(resolution=16, channels=16, num_codes=32, embedding_dim=8)
+    return CodePrior(CodePriorConfig(vqvae=dataclasses.asdict(vq), width=32, layers=2, heads=2))
+
+
+def test_code_prior_predicts_each_code_from_the_codes_before_it_only():
+    torch.manual_seed(0)
+    model = tiny_code_prior()
+    codes = torch.randint(32, (3, 10))
+    changed = codes.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % 32
+    diff = (model.logits(codes) - model.logits(changed)).abs().amax(dim=(0, 2))  # (11,)
+    # position j + 1 predicts code j + 1 from codes 0..j: changing code 6 moves positions 7..10
+    assert diff[:7].max() == 0 and diff[7:].min() > 0, diff
+
+
+def test_code_prior_learns_the_code_grids_of_a_few_scenes_and_samples_them():
+    torch.manual_seed(0)
+    model = tiny_code_prior()
+    x = shapes_data(4, 16, seed=0).batch(torch.arange(4))[0]
+    model.vqvae.train()(x)  # one training-mode pass starts the codes on encoder outputs
+    grids = model.encode(x)                                                # (4, 16)
+    assert len({tuple(g.tolist()) for g in grids}) == 4  # four different code grids
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    bits = []
+    for _ in range(150):
+        loss, figures = model.train().loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bits.append(figures["bits_per_code"])
+    # The floor: which of the 4 grids is 2 bits, spread over 16 codes, 0.125 bits per code.
+    assert bits[0] > 4 and 0.12 < sum(bits[-5:]) / 5 < 0.2, (bits[:3], bits[-5:])
+    torch.manual_seed(1)
+    sampled = model.eval().sample_codes(8).flatten(1)                      # (8, 16)
+    memorised = [any(torch.equal(s, g) for g in grids) for s in sampled]
+    assert sum(memorised) >= 7, memorised
+    assert model.sample(2).shape == (2, 3, 16, 16)
