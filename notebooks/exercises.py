@@ -160,6 +160,13 @@ def _text_diff(g):
     return *_unit_vectors(g, 3), torch.linspace(0, 0.5, 4)
 
 
+def _frechet_distance(g):
+    def statistics(d=5, n=40):  # a mean and the covariance of n random points: symmetric PSD
+        x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(d, generator=g)
+        return x.mean(0) + torch.randn(d, generator=g), torch.cov(x.T)
+    return *statistics(), *statistics()
+
+
 def _value_and_gradient(answer):
     """straight_through is judged on its value and on the gradient reaching z_e, which must be
     the upstream gradient itself (here `weights`)."""
@@ -197,6 +204,8 @@ EXERCISES = {
                           "(B, k + L, C) z_i's k tokens, then the caption's"),
     "slerp": ("08_unclip", 3, _slerp, "(K, D) spherical interpolation"),
     "text_diff": ("08_unclip", 2, _text_diff, "(K, D) z_i rotated towards the text diff"),
+    "frechet_distance": ("09_real_data", 3, _frechet_distance,
+                         "d^2 between N(mu_1, sigma_1) and N(mu_2, sigma_2) (a scalar)"),
 }
 ADAPTERS = {"straight_through": _value_and_gradient}
 
@@ -223,6 +232,8 @@ def verdict(name, answer, seed, expected, atol=1e-4):
         return False, "not answered yet (the function still raises NotImplementedError)"
     except Exception as e:  # a mistake in the answer: say what, without a traceback
         return False, f"not yet right: it raised {type(e).__name__}: {e}"
+    if isinstance(got, (int, float)):  # a plain number for a scalar answer is fine
+        got = torch.tensor(float(got))
     if not torch.is_tensor(got):
         return False, f"not yet right: expected a tensor, got {type(got).__name__}"
     if got.shape != expected.shape:

@@ -119,3 +119,11 @@ def slerp(a, b, theta):
 def text_diff(z_i, z_t_before, z_t_after, theta):
     difference = z_t_after - z_t_before
     return slerp(z_i, normalise_embedding(difference[None])[0], theta)
+
+
+def frechet_distance(mu_1, sigma_1, mu_2, sigma_2):
+    # Tr((S_1 S_2)^(1/2)) is the sum of the square roots of the eigenvalues of S_1 S_2, which
+    # are real and non-negative for two covariances (up to round-off: the real part, clamped).
+    eigenvalues = torch.linalg.eigvals(sigma_1 @ sigma_2).real.clamp(min=0)
+    return ((mu_1 - mu_2).pow(2).sum() + sigma_1.trace() + sigma_2.trace()
+            - 2 * eigenvalues.sqrt().sum())

@@ -75,6 +75,7 @@ def test_marks(tmp_path):
         from decoder import embedding_context as my_embedding_context
         my_slerp = unclip.slerp
         from unclip import text_diff as my_text_diff
+        from evaluate import frechet_distance as my_frechet_distance
         """, """
         def my_q_sample(schedule, x0, t, noise):
             return GaussianDiffusion(schedule.betas).q_sample(x0, t, noise)
