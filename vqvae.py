@@ -27,8 +27,8 @@ DALL-E (the first) tokenised images this way; DALL-E 2 replaced the tokens with 
 
 Defines: VQVAEConfig, ResidualBlock, straight_through, VectorQuantizer, VQVAE, CodePriorConfig,
 CodePrior (encode, logits, loss, sample_codes, sample).
-Run `python vqvae.py` to train on shapes for two minutes: reconstruction error, usage, the
-prior's bits per code, and samples.
+Run `python vqvae.py` to train on shapes for two to three minutes: reconstruction error, usage,
+the prior's bits per code, and samples.
 """
 import math
 from dataclasses import asdict, dataclass
