@@ -137,6 +137,8 @@ def sample_ddpm(args):
 
 @torch.no_grad()
 def sample_codes(args):
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be above 0 (1: as trained), got {args.temperature}")
     model = restore_model(load_checkpoint(args.ckpt, "code_prior"), pick_device(args.device))
     torch.manual_seed(args.seed)
     return write_images(model.sample(args.n, args.temperature), args.out)

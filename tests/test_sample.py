@@ -42,11 +42,15 @@ def test_writes_a_grid_or_one_file_per_image(checkpoints, tmp_path):
     assert sorted(os.listdir(tmp_path / "many")) == ["0000.png", "0001.png"]
 
 
-def test_codes_job_draws_from_the_prior_over_codes(checkpoints, tmp_path):
+def test_codes_job_draws_from_the_prior_over_codes(checkpoints, tmp_path, capsys):
     sample.main(["codes", "--ckpt", str(checkpoints / "code_prior.pt"), "--n", "2",
                  "--temperature", "0.5", "--out", str(tmp_path / "codes")])
     images = [np.asarray(Image.open(tmp_path / "codes" / f)) for f in ("0000.png", "0001.png")]
     assert all(image.shape == (16, 16, 3) for image in images)
+    with pytest.raises(SystemExit):
+        sample.main(["codes", "--ckpt", str(checkpoints / "code_prior.pt"), "--temperature", "0"])
+    err = capsys.readouterr().err
+    assert "--temperature must be above 0" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("extra,message", [
