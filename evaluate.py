@@ -371,8 +371,7 @@ def evaluate_code_prior(model, train_data, test_data, out, n=200):
     histogram = torch.bincount(encode(train_data).flatten(), minlength=vq.cfg.num_codes)
     unigram = (histogram + 1) / (histogram + 1).sum()           # (K,), smoothed
     codes = encode(test_data)                                   # (N, h w)
-    nll = torch.cat([F.cross_entropy(model.logits(c[:, :-1]).flatten(0, 1), c.flatten(),
-                                     reduction="none") for c in codes.split(250)])
+    nll = torch.cat([model.nll(c) for c in codes.split(250)])   # (N, h w)
     figures = {"bits_per_code": nll.mean().item() / math.log(2),
                "context_free_bits_per_code": -unigram[codes].log2().mean().item(),
                "uniform_bits_per_code": math.log2(vq.cfg.num_codes)}

@@ -26,7 +26,7 @@ negative log-likelihood in bits per code says how much structure it found: log2 
 DALL-E (the first) tokenised images this way; DALL-E 2 replaced the tokens with CLIP latents.
 
 Defines: VQVAEConfig, ResidualBlock, straight_through, VectorQuantizer, VQVAE, CodePriorConfig,
-CodePrior (encode, logits, loss, sample_codes, sample).
+CodePrior (encode, logits, nll, loss, sample_codes, sample).
 Run `python vqvae.py` to train on shapes for two to three minutes: reconstruction error, usage,
 the prior's bits per code, and samples.
 """
@@ -227,10 +227,14 @@ class CodePrior(nn.Module):
         x = self.transformer(x + self.positional_embedding[:n], mask=causal, is_causal=True)
         return self.head(self.ln_final(x))
 
-    def loss(self, images):
-        codes = self.encode(images)                                             # (B, h w)
+    def nll(self, codes):
+        """(B, h w) codes -> (B, h w): -log p(c_j | c_<j) of each, in nats."""
         logits = self.logits(codes[:, :-1])                                     # (B, h w, K)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten(),
+                               reduction="none").view_as(codes)
+
+    def loss(self, images):
+        nll = self.nll(self.encode(images)).mean()
         return nll, {"bits_per_code": nll.item() / math.log(2)}
 
     @torch.no_grad()
