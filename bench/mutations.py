@@ -1,6 +1,6 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 49 mutations; about 7 minutes on 2 cores
+    python bench/mutations.py            # all 50 mutations; about 7 minutes on 2 cores
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -162,12 +162,20 @@ MUTATIONS = [
      "tests/test_imports.py -k command_lines"),
     ("grading-leaves-the-projects-answers", "notebooks/grade.py", "    blank_references()\n",
      "    pass\n", "tests/test_grading.py -k marks"),
-    ("grading-leaves-the-frechet-distance", "notebooks/grade.py",
-     "unclip.text_diff, evaluate.frechet_distance, evaluate._sqrtm_psd]", "unclip.text_diff]",
+    ("grading-leaves-the-frechet-distance", "notebooks/grade.py",  # and its matrix root
+     '"frechet_distance", "frechet_distance",\n     "The squared Frechet distance between N(mu_1, '
+     'sigma_1) and N(mu_2, sigma_2)."),\n    ("evaluate", "_sqrtm_psd",',
+     '"feature_statistics", "frechet_distance",\n     "The squared Frechet distance between '
+     'N(mu_1, sigma_1) and N(mu_2, sigma_2)."),\n    ("evaluate", "clip_features",',
      "tests/test_grading.py -k marks"),
     ("grading-leaves-ddim", "notebooks/grade.py",  # x0_from_eps, which ddim_sample calls, too
-     '"x0_from_eps", "training_target", "training_loss",\n            "ddim_sample", ',
-     '"training_target", "training_loss",\n            ', "tests/test_grading.py -k marks"),
+     '"GaussianDiffusion.x0_from_eps", "ddim_step",\n     "x_0 from x_t, t and eps (invert eq. '
+     '4)."),\n    ("diffusion", "GaussianDiffusion.ddim_sample",',
+     '"GaussianDiffusion.loss_weight", "ddim_step",\n     "x_0 from x_t, t and eps (invert eq. '
+     '4)."),\n    ("diffusion", "GaussianDiffusion.p_sample",', "tests/test_grading.py -k marks"),
+    ("student-copy-keeps-derived-coefficients", "notebooks/grade.py",
+     "edits.append((statement.lineno, statement.end_lineno, []))", "pass",
+     "tests/test_grading.py -k blanking"),
     ("ddim-one-end-for-the-batch", "diffusion.py",
      "extract(self.alphas_cumprod_prev, t_prev + 1, x_t)",
      "extract(self.alphas_cumprod, t_prev.clamp(min=0), x_t) if t_prev.min() >= 0 else "

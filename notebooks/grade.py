@@ -2,6 +2,7 @@
 
     python notebooks/grade.py expected [--seeds 1,2,3]   # store the right outputs (public: seed 0)
     python notebooks/grade.py student-copy DIR           # the copy to hand out
+    python notebooks/grade.py student-copy DIR --blank-modules   # its modules blanked too
     python notebooks/grade.py SUBMISSIONS [--csv marks.csv]   # mark a folder of submissions
 
 A submission is a student's folder of notebooks (or one .ipynb; the student is its name). From
@@ -18,16 +19,23 @@ see: the copy in the repository uses 1, 2 and 3 (for the tests); for a course, c
 (`expected --seeds ...`) and keep that hidden.pt out of the student copy, as student-copy does.
 The student copy leaves out solutions.py, hidden.pt, ANSWERS.md (the key to the questions that
 close each notebook) and the two test files that read solutions.py; its exercise cells are the
-blank ones committed in the notebooks.
+blank ones committed in the notebooks. It keeps the modules whole: they are the course's text,
+and the notebooks train and sample with them before their exercises are written. With
+--blank-modules the copy's modules become assignments too: each function that answers an
+exercise (ANSWERS below) keeps its signature, its docstring gives way to the task, its body to
+`raise NotImplementedError`, and the coefficients the student derives are gone; a notebook then
+runs as far as the functions written so far carry it.
 """
 import argparse
 import ast
 import csv
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +49,62 @@ import exercises  # noqa: E402
 LEFT_OUT = ("notebooks/solutions.py", "notebooks/expected/hidden.pt",  # from the student copy
             "notebooks/ANSWERS.md",
             "tests/test_notebooks.py", "tests/test_grading.py")  # these two read solutions.py
+
+# The project's own answer to each exercise: (module, function, the exercise, the task its blank
+# states). The grader blanks these while marking; `student-copy --blank-modules` blanks them in
+# the copy's source.
+ANSWERS = [
+    ("vae", "gaussian_kl", "gaussian_kl",
+     "(B, D) mean, logvar -> (B,) KL(N(mean, exp(logvar)) || N(0, I))."),
+    ("vae", "reparameterise", "reparameterise",
+     "A sample of N(mean, exp(logvar)), differentiable in mean and logvar."),
+    ("vqvae", "straight_through", "straight_through",
+     "z_q's value, with the gradient passed to z_e unchanged (VQ-VAE section 3.1)."),
+    ("vqvae", "VectorQuantizer.nearest", "nearest_code",
+     "(N, D) -> (N,) index of the closest code in self.codebook."),
+    ("diffusion", "GaussianDiffusion.q_sample", "q_sample",
+     "x_t from x_0, t and the noise (DDPM eq. 4)."),
+    ("diffusion", "GaussianDiffusion.q_posterior", "q_posterior_mean",
+     "Mean, variance and log-variance of q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."),
+    ("diffusion", "GaussianDiffusion.training_target", "ddpm_loss",
+     "What the model regresses on: the noise, x_0 or v, as self.prediction says."),
+    ("diffusion", "GaussianDiffusion.training_loss", "ddpm_loss",
+     "The simple loss (DDPM eq. 14) against training_target, weighted per timestep by "
+     "loss_weight; draw t and the noise where not given."),
+    ("diffusion", "GaussianDiffusion.x0_from_eps", "ddim_step",
+     "x_0 from x_t, t and eps (invert eq. 4)."),
+    ("diffusion", "GaussianDiffusion.ddim_sample", "ddim_step",
+     "One DDIM step from t to t_prev (Song et al. eqs. 12 and 16; t_prev = -1 is x_0), with "
+     "cond_fn's classifier gradient subtracted from eps when given."),
+    ("diffusion", "GaussianDiffusion.ddim_sample_loop", "ddim_step",
+     "DDIM over `steps` evenly spaced timesteps from `start` (T - 1 unless given) down to x_0."),
+    ("diffusion", "classifier_free_guidance", "classifier_free_guidance",
+     "guided(*inputs): the model with and without its condition in one batch, mixed at "
+     "guidance_scale (w = 1 is the conditional model)."),
+    ("diffusion", "classifier_guidance", "classifier_gradient",
+     "cond_fn(x_t, t): scale times the gradient over x_t of log p(y | x_t, t)."),
+    ("diffusion", "drop_condition", "drop_condition",
+     "Each row of c zeroed with probability p_uncond."),
+    ("clip", "contrastive_loss", "contrastive_loss",
+     "Symmetric InfoNCE on logits (B, B + F): foils after the B captions; `same` marks pairs that "
+     "share a description, positives alike."),
+    ("clip", "normalise_embedding", "normalise_embedding", "(B, D) -> (B, D) of norm sqrt(D)."),
+    ("prior", "select_candidates", "select_candidates",
+     "(B, K, D) candidates, (B, D) z_t -> (B, D): the candidate closest to z_t by dot product."),
+    ("decoder", "embedding_context", "embedding_context",
+     "z_i (B, E) -> num_tokens context tokens by one linear map, before the caption's (B, L, C)."),
+    ("upsample", "Upsampler.condition", "upsampler_condition",
+     "(B, 3, r, r) -> (B, 3, R, R): the low-resolution image at the output size."),
+    ("unclip", "slerp", "slerp", "(D,) a, b and (K,) fractions theta -> (K, D) on their sphere."),
+    ("unclip", "text_diff", "text_diff",
+     "unCLIP Fig. 5: z_i (D,) turned towards the difference of two captions' text embeddings."),
+    ("evaluate", "frechet_distance", "frechet_distance",
+     "The squared Frechet distance between N(mu_1, sigma_1) and N(mu_2, sigma_2)."),
+    ("evaluate", "_sqrtm_psd", "frechet_distance",
+     "The square root of a symmetric positive semi-definite matrix."),
+]
+DERIVED = {"diffusion": ("posterior_mean_coef1", "posterior_mean_coef2")}  # q_posterior's
+BLANKED_LEAVES_OUT = ("bench/mutations.py",)  # it quotes lines of the answers
 
 
 def references():
@@ -122,18 +186,71 @@ def write_expected(seeds):
           f"(seeds {', '.join(map(str, seeds))})")
 
 
-def student_copy(folder):
-    """The repository's tracked files, less the answers, into a new folder."""
+def blank_source(module, source):
+    """A module's source with its answers (ANSWERS) blanked: each function keeps its signature
+    and decorators, states its task and raises NotImplementedError; the assignments to the
+    attributes the student derives (DERIVED) are dropped."""
+    tasks = {qualname: (exercise, task) for name, qualname, exercise, task in ANSWERS
+             if name == module}
+    functions = {qualname: node for node, qualname in _functions(ast.parse(source))}
+    missing = sorted(set(tasks) - set(functions))
+    if missing:
+        raise SystemExit(f"error: {module}.py has no {', '.join(missing)}: update ANSWERS in "
+                         "notebooks/grade.py")
+    lines = source.splitlines(keepends=True)
+    edits = []  # (first line, last line, replacement lines), 1-based and inclusive
+    for qualname, node in functions.items():
+        if qualname in tasks:
+            exercise, task = tasks[qualname]
+            indent = " " * node.body[0].col_offset
+            notebook = exercises.EXERCISES[exercise][0]
+            docstring = textwrap.fill(f'"""Yours to write (notebook {notebook}, exercise '
+                                      f'{exercise}). {task}"""', 100, initial_indent=indent,
+                                      subsequent_indent=indent)
+            edits.append((node.body[0].lineno, node.end_lineno, [
+                docstring + "\n",
+                f'{indent}raise NotImplementedError("{qualname}: yours to write")\n']))
+        for statement in node.body if node.name == "__init__" else ():
+            targets = getattr(statement, "targets", [])
+            if any(getattr(t, "attr", None) in DERIVED.get(module, ()) for t in targets):
+                edits.append((statement.lineno, statement.end_lineno, []))
+    for first, last, replacement in sorted(edits, reverse=True):
+        lines[first - 1:last] = replacement
+    return "".join(lines)
+
+
+def _functions(tree):
+    """(node, qualified name) of the module's functions and its classes' methods."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            yield node, node.name
+        elif isinstance(node, ast.ClassDef):
+            yield from ((f, f"{node.name}.{f.name}") for f in node.body
+                        if isinstance(f, ast.FunctionDef))
+
+
+def student_copy(folder, blank_modules=False):
+    """The repository's tracked files, less the answers, into a new folder; with blank_modules,
+    the modules' answers blanked too."""
     if os.path.exists(folder):
         raise SystemExit(f"error: {folder} exists: name a new folder for the student copy")
     listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if listed.returncode:
         raise SystemExit("error: the student copy is made from a git checkout of the project")
+    blanked = {f"{module}.py" for module, _, _, _ in ANSWERS} if blank_modules else set()
+    left_out = LEFT_OUT + (BLANKED_LEAVES_OUT if blank_modules else ())
     for path in listed.stdout.splitlines():
-        if path not in LEFT_OUT and os.path.exists(os.path.join(ROOT, path)):
+        if path not in left_out and os.path.exists(os.path.join(ROOT, path)):
             os.makedirs(os.path.join(folder, os.path.dirname(path)), exist_ok=True)
             shutil.copy2(os.path.join(ROOT, path), os.path.join(folder, path))
-    print(f"wrote the student copy to {folder} (left out: {', '.join(LEFT_OUT)})")
+            if path in blanked:
+                with open(os.path.join(ROOT, path)) as f:
+                    source = blank_source(path.removesuffix(".py"), f.read())
+                with open(os.path.join(folder, path), "w") as f:
+                    f.write(source)
+    print(f"wrote the student copy to {folder} (left out: {', '.join(left_out)}"
+          + (f"; blanked: {len(ANSWERS)} functions in {', '.join(sorted(blanked))})"
+             if blank_modules else ")"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,35 +278,24 @@ def answer_code(notebook_path):
 
 
 def blank_references():
-    """Replace every project function that answers an exercise, wherever a module holds it, by
-    one that raises NotImplementedError; make solutions.py unimportable."""
-    import clip
-    import decoder
-    import diffusion
-    import evaluate
-    import prior
-    import unclip
-    import upsample
-    import vae
-    import vqvae
-    originals = [vae.gaussian_kl, vae.reparameterise, vqvae.straight_through,
-                 diffusion.classifier_free_guidance, diffusion.classifier_guidance,
-                 diffusion.drop_condition, clip.contrastive_loss, clip.normalise_embedding,
-                 prior.select_candidates, decoder.embedding_context, unclip.slerp,
-                 unclip.text_diff, evaluate.frechet_distance, evaluate._sqrtm_psd]
-
+    """Replace every project function that answers an exercise (ANSWERS), wherever a module
+    holds it, by one that raises NotImplementedError; make solutions.py unimportable."""
     def blank(*args, **kwargs):
         raise NotImplementedError("blanked for grading: write your own")
+    functions = []
+    for module, qualname, _, _ in ANSWERS:
+        owner = importlib.import_module(module)
+        *classes, name = qualname.split(".")
+        for cls in classes:
+            owner = getattr(owner, cls)
+        if classes:
+            setattr(owner, name, blank)
+        else:
+            functions.append(getattr(owner, name))
     for module in list(sys.modules.values()):
         for name, value in list(vars(module).items() if module else ()):
-            if any(value is f for f in originals):
+            if any(value is f for f in functions):
                 setattr(module, name, blank)
-    methods = [(vqvae.VectorQuantizer, "nearest"), (upsample.Upsampler, "condition")] + [
-        (diffusion.GaussianDiffusion, name) for name in (
-            "q_sample", "q_posterior", "x0_from_eps", "training_target", "training_loss",
-            "ddim_sample", "ddim_sample_loop")]
-    for cls, name in methods:
-        setattr(cls, name, blank)
     sys.modules["solutions"] = None  # `import solutions` raises ImportError
 
 
@@ -259,13 +365,15 @@ def main(argv=None):
     parser.add_argument("folder", nargs="?", help="student-copy: the folder to write")
     parser.add_argument("--seeds", default="1,2,3", help="expected: the hidden seeds")
     parser.add_argument("--csv", help="also write the marks to this CSV file")
+    parser.add_argument("--blank-modules", action="store_true",
+                        help="student-copy: blank the modules' answers too (ANSWERS)")
     args = parser.parse_args(argv)
     if args.what == "expected":
         return write_expected([int(s) for s in args.seeds.split(",")])
     if args.what == "student-copy":
         if not args.folder:
             raise SystemExit("error: name the folder: grade.py student-copy DIR")
-        return student_copy(args.folder)
+        return student_copy(args.folder, args.blank_modules)
     if not os.path.isdir(args.what):
         raise SystemExit(f"error: {args.what} is not a folder of submissions (or 'expected', "
                          "'student-copy')")

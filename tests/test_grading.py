@@ -1,6 +1,8 @@
 """notebooks/grade.py: marks come from stored outputs on hidden seeds, the worked answers score
 full marks, the blank notebooks and answers that borrow the project's own functions score
-nothing, and the student copy leaves the answers out."""
+nothing, and the student copy leaves the answers out (and, asked to, blanks them in the
+modules)."""
+import ast
 import inspect
 import os
 import re
@@ -10,6 +12,7 @@ import textwrap
 
 import nbformat
 import pytest
+import torch
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "notebooks")
 sys.path.insert(0, NOTEBOOKS)
@@ -136,6 +139,49 @@ def test_student_copy_leaves_out_the_answers(tmp_path):
         assert (copy / kept).exists()
     with pytest.raises(SystemExit, match="exists"):
         grade.student_copy(str(copy))
+    blanked = tmp_path / "blanked"
+    grade.student_copy(str(blanked), blank_modules=True)
+    assert not (blanked / "bench/mutations.py").exists()
+    imported = subprocess.run([sys.executable, "-c", "import train, sample, evaluate, unclip"],
+                              cwd=blanked, capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr  # the ladder still imports
+
+
+def _definitions(tree):
+    """{qualified name: source} of a module's functions and methods."""
+    return {name: ast.unparse(node) for node, name in grade._functions(tree)}
+
+
+@pytest.mark.parametrize("module", sorted({m for m, _, _, _ in grade.ANSWERS}))
+def test_blanking_a_module_leaves_each_answer_a_task_and_the_rest_as_it_was(module):
+    with open(os.path.join(grade.ROOT, f"{module}.py")) as f:
+        source = f.read()
+    blanked = grade.blank_source(module, source)
+    before, after = _definitions(ast.parse(source)), _definitions(ast.parse(blanked))
+    answers = {q for m, q, _, _ in grade.ANSWERS if m == module}
+    assert before.keys() == after.keys()
+    for name in answers:
+        node = next(n for n, q in grade._functions(ast.parse(blanked)) if q == name)
+        docstring, last = node.body
+        assert docstring.value.value.startswith("Yours to write") and isinstance(last, ast.Raise)
+    derived = grade.DERIVED.get(module, ())
+    for name in before.keys() - answers:
+        if name.endswith("__init__"):  # the derived coefficients are gone, nothing else
+            tree = ast.parse(textwrap.dedent(before[name]))
+            tree.body[0].body = [s for s in tree.body[0].body if not any(
+                getattr(t, "attr", None) in derived for t in getattr(s, "targets", []))]
+            assert after[name] == ast.unparse(tree), name
+        else:
+            assert after[name] == before[name], name
+    assert not any(name in blanked for name in derived)
+
+
+def test_a_blanked_answer_says_whose_it_is():
+    namespace = {}
+    exec(grade.blank_source("vae", open(os.path.join(grade.ROOT, "vae.py")).read()), namespace)
+    with pytest.raises(NotImplementedError, match="gaussian_kl: yours to write"):
+        namespace["gaussian_kl"](torch.zeros(2, 3), torch.zeros(2, 3))
+    assert "notebook 01_autoencoders, exercise gaussian_kl" in namespace["gaussian_kl"].__doc__
 
 
 def test_every_notebooks_questions_have_answers():
