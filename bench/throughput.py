@@ -137,7 +137,7 @@ def preset_settings(preset):
 
 def preset_estimates(preset, flops_per_second=100e12):
     """(stage, parameters, training GFLOPs per image, batch, steps, estimated hours) per stage of a
-    GPU preset, its models built as train.py builds them and one batch of two random images."""
+    GPU preset, its models built as train.py builds them and a batch of one random image."""
     settings = preset_settings(preset)
     clip_cfg = CLIPConfig(**settings["clip"][1])
     rows = []
@@ -150,13 +150,13 @@ def preset_estimates(preset, flops_per_second=100e12):
         torch.manual_seed(0)
         model = build_model(stage, config)
         r = run["resolution"]
-        images, labels = torch.rand(2, 3, r, r) * 2 - 1, torch.tensor([0, 1])
-        features = [torch.randn(2, clip_cfg.embed_dim), torch.randn(2, clip_cfg.embed_dim),
-                    torch.randn(2, clip_cfg.context_length, clip_cfg.text_width)]
+        images, labels = torch.rand(1, 3, r, r) * 2 - 1, torch.tensor([0])
+        features = [torch.randn(1, clip_cfg.embed_dim), torch.randn(1, clip_cfg.embed_dim),
+                    torch.randn(1, clip_cfg.context_length, clip_cfg.text_width)]
         with FlopCounterMode(display=False) as counter:
-            loss, _ = stage_loss(stage, model, images, ["a photo of a cat"] * 2, labels, features)
+            loss, _ = stage_loss(stage, model, images, ["a photo of a cat"], labels, features)
             loss.backward()
-        per_image = counter.get_total_flops() / 2
+        per_image = counter.get_total_flops()
         hours = per_image * run["batch_size"] * run["steps"] / flops_per_second / 3600
         rows.append((stage, sum(p.numel() for p in model.parameters()), per_image / 1e9,
                      run["batch_size"], run["steps"], hours))

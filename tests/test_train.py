@@ -386,7 +386,7 @@ def test_cpu_settings_come_from_the_dataclasses(capsys):
 
 def test_gpu_preset_models_build_and_take_a_training_step():
     # bench/throughput.py --presets builds every stage of every GPU preset and runs one forward
-    # and backward pass at batch 2, counting FLOPs: hours = FLOPs x batch x steps / 100 TFLOP/s,
+    # and backward pass on one image, counting FLOPs: hours = FLOPs x batch x steps / 100 TFLOP/s,
     # and the COCO decoder (64 px) costs 3-6x the CIFAR-10 one (32 px, same U-Net: 4x the
     # convolutions, but the caption's tokens cost alike).
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
