@@ -79,8 +79,9 @@ STAGE_RUNS = {
     "ar_prior": dict(steps=1500, batch_size=128),  # not in the main job: slower to learn
     "decoder": dict(steps=1300, ema_decay=0.995, lr_schedule="cosine"),
     "upsampler": dict(resolution=64, steps=300, ema_decay=0.995, lr_schedule="cosine"),
-    "upsampler2": dict(resolution=128, low_resolution=64, degradation="harsh",
-                       channel_mult=(1, 2, 2, 2), steps=500, ema_decay=0.995),
+    "upsampler2": dict(resolution=128, low_resolution=64, degradation="harsh",  # 7 minutes
+                       channel_mult=(1, 2, 2, 2), steps=300, batch_size=16, n_train=4000,
+                       ema_decay=0.995),
 }
 UNCLIP_STAGES = ("clip", "prior", "decoder", "upsampler")  # the main job, in order
 # One-GPU presets, overrides for every stage ("all") and per stage: unCLIP on CIFAR-10 (32 -> 64
