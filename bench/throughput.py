@@ -135,28 +135,6 @@ def preset_settings(preset):
     return settings
 
 
-_COUNTED = {}  # the same model at the same resolution costs the same: counted once per process
-
-
-def training_flops(stage, config, resolution, clip_cfg):
-    """(parameters, FLOPs of one training step on one image) of a stage's model, built as
-    train.py builds it, on a random image and random CLIP features."""
-    key = (stage, repr(sorted(config.items())), resolution, clip_cfg.embed_dim,
-           clip_cfg.context_length, clip_cfg.text_width)
-    if key not in _COUNTED:
-        torch.manual_seed(0)
-        model = build_model(stage, config)
-        images = torch.rand(1, 3, resolution, resolution) * 2 - 1
-        labels = torch.tensor([0])
-        features = [torch.randn(1, clip_cfg.embed_dim), torch.randn(1, clip_cfg.embed_dim),
-                    torch.randn(1, clip_cfg.context_length, clip_cfg.text_width)]
-        with FlopCounterMode(display=False) as counter:
-            loss, _ = stage_loss(stage, model, images, ["a photo of a cat"], labels, features)
-            loss.backward()
-        _COUNTED[key] = sum(p.numel() for p in model.parameters()), counter.get_total_flops()
-    return _COUNTED[key]
-
-
 def preset_estimates(preset, flops_per_second=100e12):
     """(stage, parameters, training GFLOPs per image, batch, steps, estimated hours) per stage of a
     GPU preset, its models built as train.py builds them and a batch of one random image."""
@@ -169,9 +147,19 @@ def preset_estimates(preset, flops_per_second=100e12):
             config.update(clip_fields(stage, clip_cfg))
         if stage == "ddpm":
             config["num_classes"] = 10
-        params, per_image = training_flops(stage, config, run["resolution"], clip_cfg)
+        torch.manual_seed(0)
+        model = build_model(stage, config)
+        r = run["resolution"]
+        images, labels = torch.rand(1, 3, r, r) * 2 - 1, torch.tensor([0])
+        features = [torch.randn(1, clip_cfg.embed_dim), torch.randn(1, clip_cfg.embed_dim),
+                    torch.randn(1, clip_cfg.context_length, clip_cfg.text_width)]
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = stage_loss(stage, model, images, ["a photo of a cat"], labels, features)
+            loss.backward()
+        per_image = counter.get_total_flops()
         hours = per_image * run["batch_size"] * run["steps"] / flops_per_second / 3600
-        rows.append((stage, params, per_image / 1e9, run["batch_size"], run["steps"], hours))
+        rows.append((stage, sum(p.numel() for p in model.parameters()), per_image / 1e9,
+                     run["batch_size"], run["steps"], hours))
     return rows
 
 
