@@ -77,8 +77,8 @@ STAGE_RUNS = {
     "clip": dict(steps=800, batch_size=128, weight_decay=0.1),
     "prior": dict(steps=1000, batch_size=128, ema_decay=0.995, lr_schedule="cosine"),
     "ar_prior": dict(steps=1500, batch_size=128),  # not in the main job: slower to learn
-    # Twice the steps of half the batch (the same images, the same time on 2 cores): two-object
-    # prompts right 0.63 -> 0.72 through the cascade (development set, two runs each).
+    # Twice the steps of half the batch (the same images; 2% slower per image on 2 cores): two-
+    # object prompts right 0.63 -> 0.72 through the cascade (development set, two runs each).
     "decoder": dict(steps=3200, batch_size=32, ema_decay=0.995, lr_schedule="cosine"),
     "upsampler": dict(resolution=64, steps=300, ema_decay=0.995, lr_schedule="cosine"),
     "upsampler2": dict(resolution=128, low_resolution=64, degradation="harsh",  # 7 min, 2 cores
