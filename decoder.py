@@ -43,6 +43,7 @@ class DecoderConfig(UNetConfig):
     p_drop_embedding: float = 0.1   # z_i zeroed this often in training
     p_drop_caption: float = 0.5     # the caption zeroed this often
     dropout: float = 0.0            # the U-Net's: a few epochs of training do not overfit
+    guidance_scale: float = 1.5     # w when sampling; 3 -> 1.5: two-object 0.72 -> 0.88 (dev set)
 
 
 def embedding_context(z_i, caption, embedding_proj, num_tokens):
@@ -83,12 +84,13 @@ class Decoder(nn.Module):
         return loss, {"mse": loss.item()}
 
     @torch.no_grad()
-    def sample(self, z_i, tokens, guidance_scale=1.0, steps=50, eta=0.0, noise=None):
+    def sample(self, z_i, tokens, guidance_scale=None, steps=50, eta=0.0, noise=None):
         """Images (B, 3, R, R) in [-1, 1] for z_i (B, E) and tokens (B, L, W); zeros in either
-        mean "not given". noise (B, 3, R, R) fixes x_T (interpolations hold it fixed)."""
+        mean "not given". guidance_scale None: the config's. noise (B, 3, R, R) fixes x_T
+        (interpolations hold it fixed)."""
         null = (torch.zeros_like(z_i), torch.zeros_like(tokens))
-        model_fn = classifier_free_guidance(lambda x, t, c: self(x, t, *c), (z_i, tokens), null,
-                                            guidance_scale)
+        w = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
+        model_fn = classifier_free_guidance(lambda x, t, c: self(x, t, *c), (z_i, tokens), null, w)
         shape = (len(z_i), self.cfg.in_channels, self.cfg.resolution, self.cfg.resolution)
         x = self.diffusion.ddim_sample_loop(model_fn, shape, steps, eta, z_i.device, noise=noise)
         return x.clamp(-1, 1)

@@ -337,7 +337,7 @@ def evaluate_prior(model, clip_model, test_data, n=200):
             "cosine_other_image": F.cosine_similarity(z_i.roll(1, 0), z_i).mean().item()}
 
 
-def evaluate_decoder(model, clip_model, test_data, out, n=100, guidance_scale=3.0, seed=1):
+def evaluate_decoder(model, clip_model, test_data, out, n=100, guidance_scale=None, seed=1):
     """Decode held-out images from their own image embedding and caption: the exact-match rate
     the cascade could reach with a perfect prior. On shapes: n one-object and n two-object
     scenes of another seed; elsewhere 2n test images."""

@@ -172,7 +172,8 @@ def parser_for_jobs():
         p.add_argument("--models", default="out", help="the folder python train.py wrote")
         p.add_argument("--prior", choices=["diffusion", "ar"], default="diffusion")
         p.add_argument("--prior-guidance", type=float, default=1.0)
-        p.add_argument("--decoder-guidance", type=float, default=3.0)
+        p.add_argument("--decoder-guidance", type=float,
+                       help="default: the decoder's own (DecoderConfig.guidance_scale)")
         p.add_argument("--upsampler-steps", type=int, default=10)
         if job == "unclip":
             p.add_argument("prompt", nargs="?", help="what to draw")

@@ -116,7 +116,7 @@ def main():
     parser.add_argument("--models", default="out")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--n", type=int, default=100, help="prompts of each kind (one, two)")
-    parser.add_argument("--guidance", type=float, default=3.0, help="the decoder's scale")
+    parser.add_argument("--guidance", type=float, help="the decoder's scale (default: its own)")
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

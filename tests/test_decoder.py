@@ -70,6 +70,8 @@ def test_guidance_scale_zero_is_unconditional_and_scales_extrapolate():
     inside = (guided.abs() < 0.99) & (cond.abs() < 0.99) & (uncond.abs() < 0.99)  # not clamped
     assert inside.float().mean() > 0.5
     assert torch.allclose(guided[inside], (uncond + 3 * (cond - uncond))[inside], atol=1e-5)
+    model.cfg.guidance_scale = 3.0   # no scale given: the config's
+    assert torch.equal(one_step(z_i, tokens, None), guided)
 
 
 def test_decoder_learns_to_invert_an_embedding():
