@@ -12,9 +12,10 @@ text transformer's per-token features, which saves training one (a cheaper, docu
 For classifier-free guidance the condition is dropped in training: z_i 10% of the time and the
 caption 50% (both set to zeros, the null condition). At sampling,
     out = out(x_t | null) + w (out(x_t | z_i, y) - out(x_t | null))
-with diffusion.py's classifier_free_guidance. What the decoder is given decides what it can do:
-z_i alone gives variations of an image (Fig. 3), z_i from the prior gives text to image, the
-caption alone is a GLIDE-like text-to-image model (the paper's Fig. 8 ablation).
+with diffusion.py's classifier_free_guidance, at w = 1.5 unless told (guidance_scale: at 2 or 3
+two-object scenes come out right less often, docs/results.md). What the decoder is given decides
+what it can do: z_i alone gives variations of an image (Fig. 3), z_i from the prior gives text
+to image, the caption alone is a GLIDE-like text-to-image model (the paper's Fig. 8 ablation).
 
 Defines: DecoderConfig, embedding_context, Decoder (context, forward, loss, sample).
 Run `python decoder.py` to fit a decoder to CLIP-like embeddings of shapes scenes (a minute).
