@@ -347,7 +347,7 @@ def evaluate_decoder(model, clip_model, test_data, out, n=100, guidance_scale=No
         images, captions, _ = test_data.batch(torch.arange(min(2 * n, len(test_data))))
     z_i, _, tokens = clip_embeddings(clip_model, images, captions)
     with torch.autocast(z_i.device.type, torch.bfloat16, enabled=native_bf16(z_i.device)):
-        decoded = model.sample(z_i, tokens, guidance_scale, steps=25)
+        decoded = model.sample(z_i, tokens, guidance_scale)
     datasets.save_grid(torch.cat([images[:8], images[-8:], decoded[:8].cpu(), decoded[-8:].cpu()]),
                        os.path.join(out, "decoder_samples.png"), nrow=16, scale=3)
     return exact_match(decoded, captions)

@@ -152,7 +152,8 @@ def parser_for_jobs():
         p.add_argument("--n", type=int, default={"ddpm": 16, "unclip": 4, "variations": 4}.get(
             job, 8), help="images (per prompt), or interpolation steps")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+        p.add_argument("--steps", type=int, default=50 if job == "ddpm" else None,
+                       help="DDIM steps (unCLIP's decoder: its own, DecoderConfig.sample_steps)")
         p.add_argument("--device", default="auto")
         p.add_argument("--out", default="out/samples.png")
         if job == "ddpm":
@@ -174,7 +175,8 @@ def parser_for_jobs():
         p.add_argument("--prior-guidance", type=float, default=1.0)
         p.add_argument("--decoder-guidance", type=float,
                        help="default: the decoder's own (DecoderConfig.guidance_scale)")
-        p.add_argument("--upsampler-steps", type=int, default=10)
+        p.add_argument("--upsampler-steps", type=int,
+                       help="default: each upsampler's own (UpsamplerConfig.sample_steps)")
         if job == "unclip":
             p.add_argument("prompt", nargs="?", help="what to draw")
             p.add_argument("--prompts", help="a text file, one prompt per line")

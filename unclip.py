@@ -26,12 +26,13 @@ from clip import normalise_embedding
 
 @torch.no_grad()
 def unclip_sample(clip, prior, decoder, upsamplers, captions, prior_guidance=1.0,
-                  decoder_guidance=None, steps=25, upsampler_steps=10, bf16=False):
+                  decoder_guidance=None, steps=None, upsampler_steps=None, bf16=False):
     """Captions -> the images at every resolution of the cascade (a list: the decoder's
     (B, 3, r, r), then each upsampler's; the last is the final) and the image embeddings the
-    prior chose (B, D). decoder_guidance None: the decoder's own (its config's). bf16: run the
-    decoder and upsamplers in bfloat16 autocast (twice as fast where the device computes bf16
-    natively; the same exact-match figures on the development set, docs/results.md)."""
+    prior chose (B, D). decoder_guidance, steps (the decoder's) and upsampler_steps None: each
+    model's own (its config's). bf16: run the decoder and upsamplers in bfloat16 autocast
+    (twice as fast where the device computes bf16 natively; the same exact-match figures on
+    the development set, docs/results.md)."""
     z_t, tokens = clip.encode_text(captions, return_tokens=True)
     z_t = normalise_embedding(z_t)
     z_i = prior.sample(z_t, tokens, prior_guidance)
@@ -43,8 +44,8 @@ def unclip_sample(clip, prior, decoder, upsamplers, captions, prior_guidance=1.0
 
 
 @torch.no_grad()
-def decode(clip, decoder, upsamplers, z_i, decoder_guidance=None, steps=25, upsampler_steps=10,
-           same_noise=False):
+def decode(clip, decoder, upsamplers, z_i, decoder_guidance=None, steps=None,
+           upsampler_steps=None, same_noise=False):
     """Image embeddings (B, D) alone (no caption) -> final images, through the decoder and the
     upsamplers. With same_noise, every image starts from one x_T: only the embedding differs."""
     def noise(resolution):

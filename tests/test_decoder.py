@@ -72,6 +72,12 @@ def test_guidance_scale_zero_is_unconditional_and_scales_extrapolate():
     assert torch.allclose(guided[inside], (uncond + 3 * (cond - uncond))[inside], atol=1e-5)
     model.cfg.guidance_scale = 3.0   # no scale given: the config's
     assert torch.equal(one_step(z_i, tokens, None), guided)
+    seen = []                        # no step count given: the config's
+    model.diffusion.ddim_sample_loop = lambda fn, shape, steps, *args, **kwargs: seen.append(
+        steps) or noise
+    model.sample(z_i, tokens)
+    model.sample(z_i, tokens, steps=7)
+    assert seen == [model.cfg.sample_steps, 7]
 
 
 def test_decoder_learns_to_invert_an_embedding():

@@ -99,10 +99,13 @@ def test_the_diffusion_generates_the_residual_over_bilinear():
     model.diffusion.ddim_sample_loop = lambda *args, **kwargs: seen.update(kwargs) or torch.full(
         (2, 3, 16, 16), 0.1)
     assert torch.allclose(model.sample(low), (model.condition(low) + 0.1).clamp(-1, 1))
-    # It starts at a low noise level, from x_start ~ N(0, 1 - abar_start)
-    model = Upsampler(UpsamplerConfig(**TINY, sample_start=5))
-    model.diffusion.ddim_sample_loop = lambda *args, **kwargs: seen.update(kwargs) or kwargs[
-        "noise"]
+    # It starts at a low noise level, from x_start ~ N(0, 1 - abar_start), and takes the
+    # config's steps unless told (at most one a timestep)
+    model = Upsampler(UpsamplerConfig(**TINY, sample_start=5, sample_steps=4))
+    model.diffusion.ddim_sample_loop = lambda fn, shape, steps, *args, **kwargs: seen.update(
+        kwargs, steps=steps) or kwargs["noise"]
     x = model.sample(torch.zeros(64, 3, 8, 8)) - model.condition(torch.zeros(64, 3, 8, 8))
-    assert seen["start"] == 5
+    assert seen["start"] == 5 and seen["steps"] == 4
+    model.sample(torch.zeros(1, 3, 8, 8), steps=9)
+    assert seen["steps"] == 6
     assert abs(x.std() - (1 - model.diffusion.alphas_cumprod[5]).sqrt()) < 0.01
