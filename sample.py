@@ -153,7 +153,8 @@ def parser_for_jobs():
             job, 8), help="images (per prompt), or interpolation steps")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=50 if job == "ddpm" else None,
-                       help="DDIM steps (unCLIP's decoder: its own, DecoderConfig.sample_steps)")
+                       help="DDIM steps" if job == "ddpm" else
+                       "the decoder's DDIM steps (default: its own, DecoderConfig.sample_steps)")
         p.add_argument("--device", default="auto")
         p.add_argument("--out", default="out/samples.png")
         if job == "ddpm":
