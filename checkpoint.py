@@ -6,58 +6,22 @@ weights. It is written to a temporary file and renamed, so a crash mid-write lea
 checkpoint whole, and read with torch.load(weights_only=True), so a downloaded file cannot run
 code. Loading checks the format and stage and says what is wrong in one line.
 
-Defines: model_class, build_model, clip_fields and stage_loss (the one place that maps a stage
-to its model and to what its loss takes), clip_targets (CLIP's foils and keys on shapes),
-save_checkpoint, load_checkpoint, check_resumable, restore_model, fingerprint, load_clip (frozen,
-optionally checked against a fingerprint), load_unclip (the whole cascade, checked),
-pick_device (CUDA, then MPS, then CPU) and native_bf16.
+Defines: check_resumable, save_checkpoint, load_checkpoint, restore_model (the model rebuilt by
+stages.build_model from the config it stores), fingerprint, load_frozen (a trained model another
+stage reads), load_clip (frozen, optionally checked against a fingerprint), load_unclip (the whole
+cascade, checked), pick_device (CUDA, then MPS, then CPU) and native_bf16.
 """
 import os
 
 import torch
 
-import shapes
-from clip import CLIP, CLIPConfig
-from decoder import Decoder, DecoderConfig
-from diffusion import DDPM, ClassifierConfig, DDPMConfig, NoisyClassifier
-from prior import ARPrior, ARPriorConfig, DiffusionPrior, PriorConfig
-from upsample import Upsampler, UpsamplerConfig
-from vae import AutoEncoder, VAEConfig
-from vqvae import VQVAE, CodePrior, CodePriorConfig, VQVAEConfig
+from stages import build_model
 
 FORMAT = "unclip-from-scratch/1"
-STAGES = ("ae", "dae", "vae", "vqvae", "code_prior", "ddpm", "classifier", "clip", "prior",
-          "ar_prior", "decoder", "upsampler", "upsampler2")
-CLASSES = {"vqvae": (VQVAEConfig, VQVAE), "code_prior": (CodePriorConfig, CodePrior),
-           "ddpm": (DDPMConfig, DDPM), "classifier": (ClassifierConfig, NoisyClassifier),
-           "clip": (CLIPConfig, CLIP), "prior": (PriorConfig, DiffusionPrior),
-           "ar_prior": (ARPriorConfig, ARPrior),
-           "decoder": (DecoderConfig, Decoder), "upsampler": (UpsamplerConfig, Upsampler),
-           "upsampler2": (UpsamplerConfig, Upsampler)}
-
-
-CLIP_STAGES = ("prior", "ar_prior", "decoder")  # these read a trained CLIP's features
 
 
 class CheckpointError(ValueError):
     pass
-
-
-def model_class(stage):
-    """stage -> (config dataclass, model class)."""
-    if stage in ("ae", "dae", "vae"):
-        return VAEConfig, AutoEncoder
-    if stage in CLASSES:
-        return CLASSES[stage]
-    raise ValueError(f"unknown stage {stage!r}: choose from {', '.join(STAGES)}")
-
-
-def build_model(stage, config):
-    """stage and a dict of config fields -> model. Unknown fields are an error."""
-    config_cls, cls = model_class(stage)
-    if stage in ("ae", "dae", "vae"):
-        config = dict(config, kind=stage)
-    return cls(config_cls(**config))
 
 
 def check_resumable(state, path, settings, clip_model=None):
@@ -73,48 +37,6 @@ def check_resumable(state, path, settings, clip_model=None):
     if clip_model is not None and state.get("clip") != fingerprint(clip_model):
         raise CheckpointError(f"{path} was trained with another CLIP: train it again without "
                               "--resume")
-
-
-def clip_fields(stage, clip_cfg):
-    """The model fields a CLIP-reading stage takes from its CLIP's config."""
-    if stage == "decoder":
-        return dict(embedding_dim=clip_cfg.embed_dim, text_width=clip_cfg.text_width)
-    return dict(embed_dim=clip_cfg.embed_dim, text_width=clip_cfg.text_width,
-                context_length=clip_cfg.context_length)
-
-
-def stage_loss(stage, model, images, captions, labels, clip_features=None):
-    """One batch's (loss, figures) for a stage's model: what each model's loss takes."""
-    if stage in CLIP_STAGES:
-        z_i, z_t, tokens = clip_features
-        if stage == "decoder":
-            return model.loss(images, z_i, tokens)
-        return model.loss(z_i, z_t, tokens)
-    if stage == "clip":
-        return model.loss(images, captions, *clip_targets(captions, model.cfg.hard_negatives))
-    if stage == "classifier" or (stage == "ddpm" and model.cfg.num_classes):
-        return model.loss(images, labels)
-    return model.loss(images)
-
-
-def clip_targets(captions, hard_negatives):
-    """(foils, keys) for CLIP's loss on a batch. On shapes: what each caption describes
-    (shapes.scene_key: "a picture of a X below a Y" and "a Y above a X" describe one scene, so
-    neither is the other's negative) and up to hard_negatives minimal foils of each two-object
-    caption, drawn at random, none describing an image of the batch. Other data: no foils, and
-    the captions themselves as keys."""
-    try:
-        keys = [shapes.scene_key(c) for c in captions]
-    except ValueError:
-        return (), None
-    foils, described = [], set(keys)
-    for caption, key in zip(captions, keys):
-        if hard_negatives and "relation" in shapes.parse_caption(key):
-            options = [f for f in shapes.minimal_foils(caption).values()
-                       if shapes.scene_key(f) not in described]
-            order = torch.randperm(len(options)).tolist()  # the step's seed: resume is exact
-            foils += [options[i] for i in order[:hard_negatives]]
-    return foils, keys
 
 
 def save_checkpoint(path, state):
@@ -154,13 +76,14 @@ def load_checkpoint(path, stage=None):
 
 def restore_model(state, device="cpu", use_ema=True):
     """Rebuild a model from a checkpoint (its own config), in eval mode."""
-    model = build_model(state["stage"], state["config"])
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     try:
+        model = build_model(state["stage"], state["config"])
         model.load_state_dict(weights)
-    except RuntimeError:
-        raise CheckpointError("checkpoint weights do not match its config "
-                              "(written by another version of this code?)") from None
+    except (TypeError, RuntimeError):  # a field this code lacks, or weights of another shape
+        raise CheckpointError(f"the {state['stage']} checkpoint's config or weights do not fit "
+                              "this code (written by another version of it?): train it "
+                              "again") from None
     return model.to(device).eval()
 
 
@@ -170,13 +93,18 @@ def fingerprint(model):
     return round(sum(p.detach().cpu().double().abs().sum().item() for p in model.parameters()), 4)
 
 
+def load_frozen(folder, stage, device="cpu"):
+    """FOLDER/STAGE.pt, frozen and in eval mode: a trained model that another stage reads."""
+    path = os.path.join(folder, f"{stage}.pt")
+    return restore_model(load_checkpoint(path, stage), device).requires_grad_(False)
+
+
 def load_clip(folder, device="cpu", expected_fingerprint=None):
-    """FOLDER/clip.pt, frozen and in eval mode; with an expected fingerprint, refuse another CLIP.
+    """FOLDER/clip.pt, frozen; with an expected fingerprint, refuse another CLIP.
 
     model.encode_text(list_of_str) and model.encode_image(images in [-1, 1]) return unnormalised
-    embeddings of size cfg.embed_dim; normalise them to compare."""
-    clip_model = restore_model(load_checkpoint(os.path.join(folder, "clip.pt"), "clip"), device)
-    clip_model.requires_grad_(False)
+    embeddings of size cfg.embed_dim; clip.clip_embeddings normalises them."""
+    clip_model = load_frozen(folder, "clip", device)
     if expected_fingerprint is not None and fingerprint(clip_model) != expected_fingerprint:
         raise CheckpointError(f"{folder}/clip.pt is not the CLIP this model was trained with "
                               "(retrained since?): retrain the prior and decoder on it")

@@ -17,15 +17,18 @@ CLIP trained on captions alone tends to learn a bag of words: "a red circle left
 square" and "a blue circle left of a red square" get one embedding, and unCLIP then draws the
 colours on the wrong objects (the paper's limitations section). Two things make ours bind: an
 image encoder that keeps where each feature is (ConvEncoder), and hard negatives in the loss,
-captions one edit away from the truth (NegCLIP: Yuksekgonul et al. 2023).
+captions one edit away from the truth (NegCLIP: Yuksekgonul et al. 2023). CLIP.loss takes them as
+`foils`; on shapes they are made beside the caption grammar they edit, by
+shapes.contrastive_targets (the training loss of stages.py passes them in).
 
 Zero-shot classification embeds one prompt per class (or averages many: prompt ensembling) and
 picks the class whose embedding is nearest the image's.
 
 Defines: ByteTokenizer, WordTokenizer, caption_vocabulary, CLIPConfig, Block (the pre-norm
 transformer block, reused by prior.py), TextEncoder, ViTEncoder, ConvEncoder, CLIP
-(encode_text, encode_image, loss), contrastive_loss, normalise_embedding and clip_embeddings
-(what the prior and decoder see), zero_shot_weights, recall_at_k and retrieval. Needs torch.
+(encode_text, encode_image, loss), contrastive_loss, normalise_embedding, image_embeddings
+(images -> CLIP features) and clip_embeddings (what the prior and decoder see),
+zero_shot_weights, recall_at_k and retrieval. Needs torch.
 Run `python clip.py` to train a small CLIP on shapes for a minute and print its retrieval.
 """
 import math
@@ -72,9 +75,15 @@ class ByteTokenizer:
         """list of str -> (B, context_length) int64."""
         return torch.tensor([self.encode(t) for t in texts], dtype=torch.long)
 
-    def decode(self, tokens):
-        body = [t for t in list(tokens) if t < 256]
-        return bytes(body).decode("utf-8", errors="replace")
+    def check(self, prompts):
+        """Refuse empty prompts, over-long ones and (words) unknown words, in one line each."""
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ValueError(f"prompt {i} is empty: write what the image should show")
+            size = len(self.split(prompt))
+            if size > self.context_length - 2:
+                raise ValueError(f"prompt {i} is {size} {self.unit}; this CLIP reads at most "
+                                 f"{self.context_length - 2}: shorten it")
 
 
 class WordTokenizer(ByteTokenizer):
@@ -99,9 +108,6 @@ class WordTokenizer(ByteTokenizer):
                                  f"CLIP was trained on ({' '.join(self.vocabulary[:8])} ...): "
                                  "rephrase, or train with --tokenizer=byte")
         return [self.index[word] for word in words]
-
-    def decode(self, tokens):
-        return " ".join(self.vocabulary[t] for t in list(tokens) if t < len(self.vocabulary))
 
 
 def caption_vocabulary(captions):
@@ -307,14 +313,29 @@ def normalise_embedding(z):
 
 
 @torch.no_grad()
+def image_embeddings(clip_model, images, chunk=500):
+    """Images (N, 3, R, R), uint8 or in [-1, 1], of any size -> (N, D) unit-length CLIP image
+    embeddings on the model's device: the one way images become CLIP features. Images larger
+    than CLIP's are box-downsampled (area); a batch is encoded in chunks."""
+    device = clip_model.logit_scale.device
+    embeddings = []
+    for x in images.split(chunk):
+        x = x.to(device)  # a batch may come from the CPU
+        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+        if x.shape[-1] != clip_model.cfg.resolution:
+            x = F.interpolate(x, size=clip_model.cfg.resolution, mode="area")
+        embeddings.append(F.normalize(clip_model.encode_image(x), dim=-1))
+    return torch.cat(embeddings)
+
+
+@torch.no_grad()
 def clip_embeddings(clip_model, images, captions):
-    """What the prior and the decoder see of a batch: normalised z_i (B, D) and z_t (B, D), and
-    the caption's token features (B, L, W). Images larger than CLIP's are box-downsampled."""
-    images = images.to(clip_model.logit_scale.device)  # a batch may come from the CPU
-    if images.shape[-1] != clip_model.cfg.resolution:
-        images = F.interpolate(images, size=clip_model.cfg.resolution, mode="area")
+    """What the prior and the decoder see of a batch: z_i (B, D) and z_t (B, D) on
+    normalise_embedding's scale, and the caption's token features (B, L, W)."""
     z_t, tokens = clip_model.encode_text(captions, return_tokens=True)
-    return normalise_embedding(clip_model.encode_image(images)), normalise_embedding(z_t), tokens
+    z_i = image_embeddings(clip_model, images) * math.sqrt(z_t.shape[-1])
+    return z_i, normalise_embedding(z_t), tokens
+
 
 # ----------------------------------------------------------------------------------------------
 # Using a trained CLIP: zero-shot classification and retrieval.
@@ -339,14 +360,12 @@ def recall_at_k(similarity, same, k):
 
 @torch.no_grad()
 def retrieval(model, images, captions):
-    """Text-to-image and image-to-text recall@1, @5 and @10 over N pairs: uint8 images
-    (N, 3, R, R) and their captions (N strings). Chance: k / N."""
+    """Text-to-image and image-to-text recall@1, @5 and @10 over N pairs: images (N, 3, R, R)
+    and their captions (N strings). Chance: k / N."""
     device = model.logit_scale.device
-    image_e = torch.cat([model.encode_image(x.float().to(device) / 127.5 - 1)
-                         for x in images.split(250)])
     text_e = torch.cat([model.encode_text(captions[i:i + 250])
                         for i in range(0, len(captions), 250)])
-    similarity = F.normalize(image_e, dim=-1) @ F.normalize(text_e, dim=-1).T   # (N, N)
+    similarity = image_embeddings(model, images) @ F.normalize(text_e, dim=-1).T   # (N, N)
     same = torch.tensor([[a == b for b in captions] for a in captions], device=device)
     return {f"{name}_r@{k}": recall_at_k(s, same, k)
             for name, s in [("image_to_text", similarity), ("text_to_image", similarity.T)]

@@ -1,15 +1,15 @@
 """Data: data sets held in memory, loaders for the formats users already have, image grids.
 
 Every later file trains on what this one returns, so it fixes the conventions once: images are
-float tensors (B, 3, H, W) in [-1, 1]; a data set in memory is a `TensorData` (uint8 images, one
-or more captions per image, optional class labels).
+float tensors (B, 3, H, W) in [-1, 1] (`to_unit_range` turns pixels into them); a data set in
+memory is a `TensorData` (uint8 images, one or more captions per image, optional class labels).
 
 - `shapes_data`: the built-in shapes scenes (shapes.py) rendered into a TensorData.
 - Loaders: CIFAR-10's python archive (as downloaded, or extracted), image folders (class
   sub-folders, with or without train/ and test/, or a `metadata.jsonl` of captions), captions
   files (COCO-captions JSON or CSV, e.g. Flickr8k) and COCO's official layout.
   `load_data("cifar10:PATH", ...)` is how the command line names them.
-- `grid`, `show_grid` and `save_grid`: many images as one picture.
+- `grid`, `show_grid`, `save_grid` and `write_images`: many images as one picture, or as files.
 
 Run `python data.py` to render shapes scenes into memory and save a grid of them.
 """
@@ -33,6 +33,11 @@ from shapes import SHAPES, ShapesDataset, caption_of, render
 # ----------------------------------------------------------------------------------------------
 # Data sets in memory, and loaders for the formats users have.
 
+def to_unit_range(images):
+    """uint8 pixels -> floats in [-1, 1], the range every model here takes."""
+    return images.float() / 127.5 - 1
+
+
 @dataclass
 class TensorData:
     """A data set held in memory: what every training loop in this project consumes."""
@@ -46,7 +51,7 @@ class TensorData:
 
     def batch(self, index, generator=None):
         """Images in [-1, 1], one caption per image (drawn with generator), labels."""
-        images = self.images[index].float() / 127.5 - 1
+        images = to_unit_range(self.images[index])
         picks = torch.randint(0, 1 << 30, (len(index),), generator=generator).tolist()
         captions = [self.captions[i][p % len(self.captions[i])]
                     for i, p in zip(index.tolist(), picks)]
@@ -54,9 +59,11 @@ class TensorData:
         return images, captions, labels
 
 
-def shapes_data(n, resolution=32, seed=0, split=None, prefixes=True, objects=None):
-    """Render n shapes scenes into a TensorData (about 0.2 ms per image at 32 px)."""
-    ds = ShapesDataset(n, resolution, seed, split, prefixes, objects)
+def shapes_data(n, resolution=32, seed=0, split=None, prefixes=True, objects=None,
+                stream="train"):
+    """Render n shapes scenes of a stream (shapes.STREAMS) into a TensorData (about 0.2 ms per
+    image at 32 px)."""
+    ds = ShapesDataset(n, resolution, seed, split, prefixes, objects, stream)
     scenes = [ds.attributes(i) for i in range(n)]
     images = torch.from_numpy(np.stack([render(s, resolution) for s, _ in scenes]))
     captions = [[p + caption_of(s)] for s, p in scenes]
@@ -173,7 +180,7 @@ def read_image(path, resolution, resample=Image.BICUBIC):
         raise FileNotFoundError(f"no image at {path}: check the path") from None
     except (OSError, ValueError, Image.DecompressionBombError):
         raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG, ...)") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
+    return to_unit_range(torch.from_numpy(pixels).permute(2, 0, 1))
 
 
 def load_folder(path, resolution=32, split="train"):
@@ -302,18 +309,24 @@ def load_data(spec, resolution=32, n=20000, seed=0, split="train"):
     "captions:FILE" (a COCO-captions .json or an image,caption .csv, e.g. Flickr8k).
     "shapes:1" and "shapes:2" hold only one- or only two-object scenes.
 
-    split: "train" or "test" (shapes: both draw from the "train" split, so pass test data another
-    seed; only training captions carry prefixes; a folder without train/ and test/ has no test
-    split and returns the same images), or "holdout" (shapes only)."""
+    split: "train", "dev" or "test" (shapes: the seed's stream of that name, shapes.STREAMS, its
+    scenes free of the held-out colour-shape pairs; only training captions carry prefixes), or
+    "holdout" (shapes only: test scenes each holding a colour-shape pair never seen in training).
+    Other data has no development split; a folder without train/ and test/ has no test split and
+    returns the same images."""
     kind, _, path = spec.partition(":")
     if kind == "shapes" and path in ("", "1", "2"):
         return shapes_data(n, resolution, seed, "holdout" if split == "holdout" else "train",
-                           prefixes=split == "train", objects=int(path) if path else None)
+                           prefixes=split == "train", objects=int(path) if path else None,
+                           stream="test" if split == "holdout" else split)
     if kind in ("cifar10", "folder", "coco", "captions") and path:
         path = os.path.expanduser(path)
         if not os.path.exists(path):
             _fail(path, f"no such file or folder for --data {kind}:PATH",
                   "Check the path (see the README for the expected layout)")
+        if split == "dev":
+            raise ValueError(f"{kind} data has no development split: choose settings on shapes, "
+                             "or hold out part of the training data yourself")
         split = "train" if split == "train" else "test"
         if kind == "cifar10":
             return load_cifar10(path, split, resolution)
@@ -356,6 +369,17 @@ def save_grid(images, path, nrow=8, scale=1):
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     img.save(path)
+
+
+def write_images(images, out, names=None):
+    """A grid to FILE.png, or one PNG per image into a folder (named names[j] or 0000 ...)."""
+    if out.lower().endswith(".png"):
+        save_grid(images, out, scale=2)
+        return out
+    names = names or [f"{j:04d}" for j in range(len(images))]
+    for name, image in zip(names, images):
+        save_grid(image[None], f"{out}/{name}.png", nrow=1)
+    return f"{out}/{names[0]}.png ..."
 
 
 if __name__ == "__main__":

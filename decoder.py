@@ -12,9 +12,9 @@ text transformer's per-token features, which saves training one (a cheaper, docu
 For classifier-free guidance the condition is dropped in training: z_i 10% of the time and the
 caption 50% (both set to zeros, the null condition). At sampling,
     out = out(x_t | null) + w (out(x_t | z_i, y) - out(x_t | null))
-with diffusion.py's classifier_free_guidance, at w = 1.5 unless told (guidance_scale: at 2 or 3
-two-object scenes come out right less often, docs/results.md), over 15 DDIM steps (sample_steps:
-10 and 25 draw as many scenes right on the development set). What the decoder is given decides
+with diffusion.py's classifier_free_guidance, at w = 1.5 unless told (guidance_scale: a stronger
+w draws two-object scenes right less often), over 15 DDIM steps (sample_steps: more draw no more
+scenes right; the evidence for both is in docs/decisions.md). What the decoder is given decides
 what it can do: z_i alone gives variations of an image (Fig. 3), z_i from the prior gives text
 to image, the caption alone is a GLIDE-like text-to-image model (the paper's Fig. 8 ablation).
 
@@ -27,26 +27,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import UNet, UNetConfig, classifier_free_guidance, drop_condition, make_diffusion
+from diffusion import DiffusionConfig, classifier_free_guidance, drop_condition, make_diffusion
+from unet import UNet, UNetConfig
 
 
 @dataclass
-class DecoderConfig(UNetConfig):
-    embedding_dim: int = 64         # CLIP's image embedding size
+class DecoderConfig(DiffusionConfig, UNetConfig):
+    embed_dim: int = 64             # CLIP's image embedding size
     text_width: int = 96            # the caption's token features (CLIP's text transformer)
     context_dim: int = 128          # width of the context tokens attention layers read
     embedding_tokens: int = 4       # context tokens made from z_i (the paper: four)
-    timesteps: int = 1000
-    schedule: str = "cosine"
-    prediction: str = "v"           # see DDPMConfig: v trains faster than eps in short runs
-    clip_x0: str = "clip"
-    min_snr_gamma: float = 5.0      # cap on the loss weight: one-object 0.75 -> 0.86 (dev set)
-    min_snr_offset: float = 0.5     # weight min(SNR + 0.5, 5): two-object 0.26 -> 0.38 (dev set)
+    min_snr_gamma: float = 5.0      # cap on the loss weight, so nearly clean steps do not
+                                    # dominate it (Min-SNR; GaussianDiffusion.loss_weight)
+    min_snr_offset: float = 0.5     # weight min(SNR + 0.5, 5): the noisiest steps, where the
+                                    # layout is set, keep half the simple loss's weight
     p_drop_embedding: float = 0.1   # z_i zeroed this often in training
     p_drop_caption: float = 0.5     # the caption zeroed this often
     dropout: float = 0.0            # the U-Net's: a few epochs of training do not overfit
-    guidance_scale: float = 1.5     # w when sampling; 3 -> 1.5: two-object 0.72 -> 0.88 (dev set)
-    sample_steps: int = 15          # DDIM steps; 25 -> 15: the same exact match (dev set)
+    guidance_scale: float = 1.5     # w when sampling: two-object scenes are right most often
+    sample_steps: int = 15          # DDIM steps: more draw no more scenes right
 
 
 def embedding_context(z_i, caption, embedding_proj, num_tokens):
@@ -60,10 +59,11 @@ class Decoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.unet = UNet(cfg)  # its vector_embed adds the projected z_i to the timestep embedding
+        # Its vector_embed adds the projected z_i to the timestep embedding (GLIDE's way).
+        self.unet = UNet(cfg, embed_dim=cfg.embed_dim, context_dim=cfg.context_dim)
         self.caption_proj = nn.Linear(cfg.text_width, cfg.context_dim)
-        self.embedding_proj = nn.Linear(cfg.embedding_dim, cfg.embedding_tokens * cfg.context_dim)
-        self.diffusion = make_diffusion(cfg)
+        self.embedding_proj = nn.Linear(cfg.embed_dim, cfg.embedding_tokens * cfg.context_dim)
+        self.diffusion = make_diffusion(cfg, cfg.min_snr_gamma, cfg.min_snr_offset)
 
     def context(self, z_i, tokens):
         """z_i (B, E), caption features (B, L, W) -> context tokens (B, 4 + L', context_dim)
@@ -87,7 +87,7 @@ class Decoder(nn.Module):
         return loss, {"mse": loss.item()}
 
     @torch.no_grad()
-    def sample(self, z_i, tokens, guidance_scale=None, steps=None, eta=0.0, noise=None):
+    def sample(self, z_i, tokens, guidance_scale=None, steps=None, noise=None):
         """Images (B, 3, R, R) in [-1, 1] for z_i (B, E) and tokens (B, L, W); zeros in either
         mean "not given". guidance_scale and steps None: the config's. noise (B, 3, R, R) fixes
         x_T (interpolations hold it fixed)."""
@@ -95,8 +95,8 @@ class Decoder(nn.Module):
         w = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         model_fn = classifier_free_guidance(lambda x, t, c: self(x, t, *c), (z_i, tokens), null, w)
         shape = (len(z_i), self.cfg.in_channels, self.cfg.resolution, self.cfg.resolution)
-        x = self.diffusion.ddim_sample_loop(model_fn, shape, steps or self.cfg.sample_steps, eta,
-                                            z_i.device, noise=noise)
+        x = self.diffusion.ddim_sample_loop(model_fn, shape, steps or self.cfg.sample_steps,
+                                            device=z_i.device, noise=noise)
         return x.clamp(-1, 1)
 
 

@@ -1,4 +1,4 @@
-"""Diffusion models: DDPM and DDIM, the U-Net, classifier and classifier-free guidance.
+"""Diffusion models: the process, DDPM and DDIM sampling, classifier and classifier-free guidance.
 
 The forward process adds Gaussian noise to an image x_0 over T steps with variances beta_t,
     q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)            (DDPM eq. 2)
@@ -11,6 +11,7 @@ mu is then the mean of the posterior q(x_{t-1} | x_t, x_0) (eqs. 6-7) at the pre
 The network may equally predict x_0 or v = sqrt(abar) eps - sqrt(1 - abar) x_0: all three say
 the same thing, and conversions among them are one line each. DDIM samples the same model with a
 non-Markovian process that can skip steps (eta = 0: deterministic; eta = 1: DDPM's variance).
+For images the network is unet.py's U-Net.
 
 Guidance trades diversity for fidelity. Classifier guidance adds the gradient of a noise-aware
 classifier's log p(y | x_t) to each step's mean; classifier-free guidance trains one model with
@@ -19,25 +20,25 @@ and without its condition and extrapolates, eps = eps(x_t) + w (eps(x_t, y) - ep
 Papers: DDPM, Ho et al. 2020 (arXiv 2006.11239); improved DDPM (cosine schedule), Nichol &
 Dhariwal 2021 (arXiv 2102.09672); DDIM, Song et al. 2020 (arXiv 2010.02502); classifier guidance,
 Dhariwal & Nichol 2021 (arXiv 2105.05233); classifier-free guidance, Ho & Salimans 2022
-(arXiv 2207.12598); v-prediction, Salimans & Ho 2022 (arXiv 2202.00512); GLIDE, Nichol et al. 2021
-(arXiv 2112.10741) for the U-Net's conditioning by context tokens; Min-SNR loss weighting, Hang
-et al. 2023 (arXiv 2303.09556).
+(arXiv 2207.12598); v-prediction, Salimans & Ho 2022 (arXiv 2202.00512); Min-SNR loss weighting
+(the decoder's), Hang et al. 2023 (arXiv 2303.09556).
 
-Defines: schedules, GaussianDiffusion (q_sample, q_posterior, predictions, loss_weight, loss,
-p_sample, ddim_sample and their loops), EMA, the U-Net (UNetConfig, ResBlock, AttentionBlock,
-UNet), DDPM (the trainable model), NoisyClassifier, classifier_guidance and
-classifier_free_guidance; a 2-D toy with an exact posterior (toy_rings, ring_posterior,
-ring_fidelity, ring_angle_entropy, PointDenoiser, PointClassifier, fit_ring_toy).
+Defines: schedules, GaussianDiffusion (q_sample, q_posterior, predictions, loss_weight,
+training_loss, p_sample, ddim_sample and their loops), DiffusionConfig (the settings every
+diffusion model's config inherits), make_diffusion, DDPMConfig, drop_labels, drop_condition, DDPM
+(loss, model_fn, sample), classifier_free_guidance, ClassifierConfig, NoisyClassifier,
+classifier_guidance; a 2-D toy with an exact posterior (toy_rings, ring_posterior, ring_fidelity,
+ring_angle_entropy, PointDenoiser, PointClassifier, fit_ring_toy).
 Run `python diffusion.py` to fit a 2-D toy distribution and show both guidances at work.
 """
-import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from unet import UNet, UNetConfig, group_norm, timestep_embedding
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,8 +76,8 @@ class GaussianDiffusion:
                  min_snr_offset=1.0):
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
-        if clip_x0 not in ("none", "clip", "dynamic"):
-            raise ValueError(f"clip_x0 must be 'none', 'clip' or 'dynamic', got {clip_x0!r}")
+        if clip_x0 not in ("none", "clip"):
+            raise ValueError(f"clip_x0 must be 'none' or 'clip', got {clip_x0!r}")
         self.prediction, self.clip_x0, self.min_snr_gamma = prediction, clip_x0, min_snr_gamma
         self.min_snr_offset = min_snr_offset
         self.num_timesteps = len(betas)
@@ -87,7 +88,8 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
         # DDPM eq. 7: the posterior q(x_{t-1} | x_t, x_0) = N(mean, beta_tilde_t I), with
         # mean = coef1 x_0 + coef2 x_t and beta_tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t).
-        self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        self.posterior_variance = (betas * (1 - self.alphas_cumprod_prev)
+                                   / (1 - self.alphas_cumprod))
         # beta_tilde_0 = 0: take the log of beta_tilde_1 there, as improved DDPM does.
         self.posterior_log_variance_clipped = torch.log(
             torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
@@ -136,8 +138,7 @@ class GaussianDiffusion:
         weight at gamma, so the nearly clean timesteps stop dominating the gradient (Min-SNR,
         Hang et al. 2023: min(SNR, gamma) for eps). For v the cap is min(SNR + min_snr_offset,
         gamma): the paper's offset 0 starves the noisiest steps (SNR -> 0), where the layout is
-        decided (our decoder's relation fell from 0.91 to 0.54); 1 keeps them as the simple loss
-        has them; the decoder's 0.5 drew more two-object scenes right than 1 (docs/results.md)."""
+        decided; 1 weights them as the simple loss does."""
         if not self.min_snr_gamma:
             return torch.ones(len(t), device=t.device)
         snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).float().to(t.device)[t]  # (B,)
@@ -156,15 +157,8 @@ class GaussianDiffusion:
         return (self.loss_weight(t) * error.flatten(1).mean(1)).mean()
 
     def process_x0(self, x0):
-        """Keep a predicted x_0 in the data range: clip, or dynamic thresholding (Imagen,
-        Saharia et al. 2022): scale by the 99.5th percentile of |x_0| when it exceeds 1."""
-        if self.clip_x0 == "clip":
-            return x0.clamp(-1, 1)
-        if self.clip_x0 == "dynamic":
-            s = torch.quantile(x0.flatten(1).abs().float(), 0.995, dim=1).clamp(min=1.0)
-            s = s.view(-1, *([1] * (x0.dim() - 1)))
-            return x0.clamp(-s, s) / s
-        return x0
+        """Keep a predicted x_0 in the data range [-1, 1] (clip_x0 "clip"), or leave it."""
+        return x0.clamp(-1, 1) if self.clip_x0 == "clip" else x0
 
     def predict_eps_x0(self, model_fn, x_t, t):
         """Run the model; return (eps, x_0), with x_0 processed and eps consistent with it."""
@@ -233,244 +227,35 @@ class GaussianDiffusion:
         return x
 
 
-class EMA:
-    """An exponential moving average of a model's weights, used for sampling:
-    theta_ema <- d theta_ema + (1 - d) theta after each optimiser step, with the decay warmed up,
-    d = min(decay, (1 + step) / (10 + step)): otherwise a short run's average still holds a
-    share decay^steps of the initial weights (0.995^500 = 8%, enough to tint every sample)."""
-
-    def __init__(self, model, decay):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model, step):
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            p_ema.lerp_(p, 1 - decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
-
-
 # ----------------------------------------------------------------------------------------------
-# The U-Net (Ho et al. appendix B, with improved DDPM's and GLIDE's changes).
+# The settings every diffusion model's config inherits: one --flag and one default for each.
 
 @dataclass
-class UNetConfig:
-    resolution: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-    channels: int = 32                  # width at full resolution (these defaults: 1.1M
-    channel_mult: tuple = (1, 2, 2)     # parameters at 32 px, ~0.4 s a step of 64 on 2 cores)
-    num_res_blocks: int = 1             # residual blocks per level
-    attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention (and,
-                                         # if any, the middle block)
-    num_heads: int = 4
-    dropout: float = 0.1
-    num_classes: int = 0      # > 0: a class label (plus a learned null label for guidance)
-    embedding_dim: int = 0    # > 0: a vector condition added to the timestep embedding (unCLIP)
-    context_dim: int = 0      # > 0: context tokens that every attention layer also attends to
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "cosine"    # "linear" or "cosine"
+    prediction: str = "v"       # "eps", "x0" or "v"; v: eps's x_0 = (x_t - sqrt(1 - abar) eps)
+                                # / sqrt(abar) blows up where abar ~ 0: short runs draw bad shapes
+    clip_x0: str = "clip"       # "clip" a predicted x_0 to the data's [-1, 1], or "none"
 
 
-def timestep_embedding(t, dim, max_period=10000):
-    """Sinusoidal embedding of (B,) timesteps -> (B, dim), as in the Transformer."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
-def group_norm(channels):
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the (timestep + condition) embedding added in between."""
-
-    def __init__(self, c_in, c_out, emb_dim, dropout):
-        super().__init__()
-        self.in_layers = nn.Sequential(group_norm(c_in), nn.SiLU(),
-                                       nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
-        self.out_layers = nn.Sequential(group_norm(c_out), nn.SiLU(), nn.Dropout(dropout),
-                                        nn.Conv2d(c_out, c_out, 3, padding=1))
-        nn.init.zeros_(self.out_layers[-1].weight)  # each block starts as the identity
-        nn.init.zeros_(self.out_layers[-1].bias)
-        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
-
-    def forward(self, x, emb):
-        h = self.in_layers(x) + self.emb(emb)[:, :, None, None]  # (B, C, H, W) + (B, C, 1, 1)
-        return self.skip(x) + self.out_layers(h)
-
-
-class AttentionBlock(nn.Module):
-    """Multi-head self-attention over the H*W positions; with context tokens, the keys and values
-    also include their projections (GLIDE's way of letting every layer read the caption)."""
-
-    def __init__(self, channels, num_heads, context_dim=0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm = group_norm(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
-        self.proj = nn.Conv1d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x, context=None, context_mask=None):
-        """context_mask (B, L) bool: False marks context tokens not to attend to (padding)."""
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x).flatten(2)).chunk(3, dim=1)  # 3 x (B, C, HW)
-        mask = None
-        if self.context_kv is not None and context is not None:
-            ck, cv = self.context_kv(context).transpose(1, 2).chunk(2, dim=1)  # 2 x (B, C, L)
-            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)        # (B, C, L + HW)
-            if context_mask is not None:  # (B, 1, 1, L + HW): the pixels are always attended
-                mask = F.pad(context_mask, (0, h * w), value=True)[:, None, None]
-
-        def heads(z):  # (B, C, N) -> (B, heads, N, C / heads)
-            return z.view(b, self.num_heads, c // self.num_heads, -1).transpose(2, 3)
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
-        return x + self.proj(out.transpose(2, 3).reshape(b, c, h * w)).view(b, c, h, w)
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-class TimestepSequential(nn.ModuleList):
-    """Layers applied in order, each given what it needs: ResBlocks the embedding, attention
-    the context."""
-
-    def forward(self, x, emb, context=None, context_mask=None):
-        for layer in self:
-            if isinstance(layer, ResBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, AttentionBlock):
-                x = layer(x, context, context_mask)
-            else:
-                x = layer(x)
-        return x
-
-
-def check_resolution(cfg):
-    levels = len(cfg.channel_mult) - 1
-    if cfg.resolution % (2 ** levels) or cfg.resolution < 2 ** levels:
-        raise ValueError(f"resolution {cfg.resolution} is not divisible by 2^{levels} (one halving "
-                         f"per channel_mult level {cfg.channel_mult}): choose e.g. "
-                         f"{2 ** max(levels, 3) * 2} or fewer levels")
-    if any(cfg.channels * m % cfg.num_heads for m in cfg.channel_mult):
-        raise ValueError(f"channels * channel_mult must divide into num_heads={cfg.num_heads}")
-
-
-class UNet(nn.Module):
-    """(B, C_in, R, R), timesteps (B,), optional condition -> (B, C_out, R, R).
-
-    Conditions: y (B,) class labels (label num_classes is the null label), embedding (B, E)
-    added to the timestep embedding, context (B, L, D) attended to by attention layers."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        check_resolution(cfg)
-        self.cfg = cfg
-        ch, emb_dim = cfg.channels, 4 * cfg.channels
-        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
-                                        nn.Linear(emb_dim, emb_dim))
-        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
-        self.vector_embed = nn.Linear(cfg.embedding_dim, emb_dim) if cfg.embedding_dim else None
-        self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        self.down, skips, res, c = nn.ModuleList(), [ch], cfg.resolution, ch
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(c, ch * mult, emb_dim, cfg.dropout)]
-                c = ch * mult
-                if res in cfg.attention_resolutions:
-                    layers.append(AttentionBlock(c, cfg.num_heads, cfg.context_dim))
-                self.down.append(TimestepSequential(layers))
-                skips.append(c)
-            if level < len(cfg.channel_mult) - 1:
-                self.down.append(TimestepSequential([Downsample(c)]))
-                skips.append(c)
-                res //= 2
-        # The middle attends too, unless the model has no attention at all (an upsampler).
-        middle_attention = ([AttentionBlock(c, cfg.num_heads, cfg.context_dim)]
-                            if cfg.attention_resolutions else [])
-        self.middle = TimestepSequential([ResBlock(c, c, emb_dim, cfg.dropout), *middle_attention,
-                                          ResBlock(c, c, emb_dim, cfg.dropout)])
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [ResBlock(c + skips.pop(), ch * mult, emb_dim, cfg.dropout)]
-                c = ch * mult
-                if res in cfg.attention_resolutions:
-                    layers.append(AttentionBlock(c, cfg.num_heads, cfg.context_dim))
-                if level > 0 and i == cfg.num_res_blocks:
-                    layers.append(Upsample(c))
-                    res *= 2
-                self.up.append(TimestepSequential(layers))
-        self.out = nn.Sequential(group_norm(c), nn.SiLU(),
-                                 nn.Conv2d(c, cfg.out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
-
-    def embed(self, t, y=None, embedding=None):
-        """The (B, 4C) vector every ResBlock sees: timestep, plus label, plus vector condition."""
-        emb = self.time_embed(timestep_embedding(t, self.cfg.channels))
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y)
-        if self.vector_embed is not None:
-            emb = emb + self.vector_embed(embedding)
-        return emb
-
-    def forward(self, x, t, y=None, embedding=None, context=None, context_mask=None):
-        emb = self.embed(t, y, embedding)
-        h = self.input_conv(x)
-        hs = [h]
-        for block in self.down:
-            h = block(h, emb, context, context_mask)
-            hs.append(h)
-        h = self.middle(h, emb, context, context_mask)
-        for block in self.up:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)
+def make_diffusion(cfg, min_snr_gamma=0.0, min_snr_offset=1.0):
+    """The GaussianDiffusion a DiffusionConfig describes (a loss-weight cap: the decoder's)."""
+    schedules = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
+    if cfg.schedule not in schedules:
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
+    return GaussianDiffusion(schedules[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.clip_x0,
+                             min_snr_gamma, min_snr_offset)
 
 
 # ----------------------------------------------------------------------------------------------
 # DDPM: a U-Net and a process, trained with the simple loss; optional class conditioning.
 
 @dataclass
-class DDPMConfig(UNetConfig):
-    timesteps: int = 1000
-    schedule: str = "cosine"    # "linear" or "cosine"
-    prediction: str = "v"       # "eps", "x0" or "v"; v: eps's x_0 = (x_t - sqrt(1 - abar) eps)
-                                # / sqrt(abar) fails at high noise (abar ~ 0) in short runs
-                                # (measured: 10% right shapes after 1,500 steps with eps)
-    clip_x0: str = "clip"       # "none", "clip" or "dynamic" thresholding of predicted x_0
+class DDPMConfig(DiffusionConfig, UNetConfig):
+    num_classes: int = 0        # > 0: class-conditional (the data's classes; train.py sets it)
     p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
-    min_snr_gamma: float = 0.0  # > 0: cap the loss weight at it (GaussianDiffusion.loss_weight)
-    min_snr_offset: float = 1.0  # v only: the capped weight is min(SNR + offset, gamma)
-
-
-def make_diffusion(cfg):
-    schedules = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
-    if cfg.schedule not in schedules:
-        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
-    return GaussianDiffusion(schedules[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.clip_x0,
-                             cfg.min_snr_gamma, cfg.min_snr_offset)
+    sample_steps: int = 50      # DDIM steps unless told (25 to 100 draw alike: docs/guidance.md)
 
 
 def drop_labels(y, p_uncond, null_label):
@@ -489,7 +274,7 @@ class DDPM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.unet = UNet(cfg)
+        self.unet = UNet(cfg, num_classes=cfg.num_classes)
         self.diffusion = make_diffusion(cfg)
 
     def loss(self, x0, y=None):
@@ -508,9 +293,10 @@ class DDPM(nn.Module):
                                         guidance_scale)
 
     @torch.no_grad()
-    def sample(self, n, y=None, guidance_scale=1.0, sampler="ddim", steps=50, eta=0.0,
+    def sample(self, n, y=None, guidance_scale=1.0, sampler="ddim", steps=None, eta=0.0,
                cond_fn=None, device="cpu"):
-        """n images in [-1, 1]. y: (n,) labels for a class-conditional model."""
+        """n images in [-1, 1]. y: (n,) labels for a class-conditional model. steps: DDIM's
+        (None: the config's sample_steps)."""
         if self.cfg.num_classes and y is None:
             y = torch.full((n,), self.cfg.num_classes, device=device)  # the null label
         shape = (n, self.cfg.in_channels, self.cfg.resolution, self.cfg.resolution)
@@ -518,6 +304,7 @@ class DDPM(nn.Module):
         if sampler == "ddpm":
             return self.diffusion.p_sample_loop(model_fn, shape, device, cond_fn).clamp(-1, 1)
         if sampler == "ddim":
+            steps = self.cfg.sample_steps if steps is None else steps
             return self.diffusion.ddim_sample_loop(model_fn, shape, steps, eta, device,
                                                    cond_fn).clamp(-1, 1)
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -550,10 +337,8 @@ def classifier_free_guidance(model_fn, cond, null_cond, guidance_scale):
 
 
 @dataclass
-class ClassifierConfig(UNetConfig):
+class ClassifierConfig(DiffusionConfig, UNetConfig):  # it only noises: prediction, clip_x0 unused
     num_classes: int = 3
-    timesteps: int = 1000
-    schedule: str = "cosine"
     max_timestep: int = 0    # trained on t < this (0: all of them); 1: clean images only, a plain
                              # classifier that scores generated samples (evaluate.py)
 
@@ -567,13 +352,13 @@ class NoisyClassifier(nn.Module):
         self.cfg = cfg
         # Build a U-Net without label conditioning (the label is the output here) and keep its
         # encoding half; the decoding half is dropped.
-        unet = UNet(dataclasses.replace(cfg, num_classes=0))
+        unet = UNet(cfg)
         self.time_embed, self.input_conv = unet.time_embed, unet.input_conv
         self.down, self.middle = unet.down, unet.middle
         c = cfg.channels * cfg.channel_mult[-1]
         self.head = nn.Sequential(group_norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(c, cfg.num_classes))  # (B, C, h, w) -> (B, classes)
-        self.diffusion = make_diffusion(DDPMConfig(timesteps=cfg.timesteps, schedule=cfg.schedule))
+        self.diffusion = make_diffusion(cfg)
 
     def features(self, x_t, t):
         """(B, C) pooled features, what the linear head reads."""
@@ -611,7 +396,7 @@ def classifier_guidance(classifier, y, scale):
 # seconds, and p(y | x) under the data is known (by quadrature over each ring), so guidance's
 # fidelity is measured without a model of our own. Notebooks 3 and 4 train and guide on it, with
 # the linear schedule: the cosine one ends at abar_T = 6e-8, where a DDIM step's x_0 = (x_t -
-# sqrt(1 - abar) eps) / sqrt(abar) explodes unless it is clipped to the data's range, as images are.
+# sqrt(1 - abar) eps) / sqrt(abar) explodes unless clipped to the data's range, as images are.
 
 RING_CENTRES = torch.tensor([[0.0, 1.0], [-0.866, -0.5], [0.866, -0.5]])  # (3, 2); all 3 rings
 RING_RADIUS, RING_BLUR = 1.0, 0.15                                      # pass through the origin
@@ -666,8 +451,7 @@ def ring_angle_entropy(x, y, bins=12):
 class PointDenoiser(nn.Module):
     """An MLP eps(x_t, t, y) for 2-D points; with num_classes > 0, label num_classes is the null
     label of classifier-free guidance (y = None means it). It reads each coordinate as sinusoids,
-    as the U-Net reads t: fed the raw coordinates, the same MLP drew points 0.29 off the rings on
-    average, against 0.13 as sinusoids (real points: 0.11; 4,000 steps of 256, 10 DDIM steps)."""
+    as the U-Net reads t: a small MLP of the raw coordinates is too smooth to draw thin rings."""
 
     def __init__(self, num_classes=0, width=256, coordinate_dim=64, coordinate_scale=10.0):
         super().__init__()
@@ -751,7 +535,8 @@ if __name__ == "__main__":
         unconditional = lambda x_t, t: model(x_t, t, null)  # noqa: E731
         panels.append(("classifier guidance s = 1", diffusion.ddim_sample_loop(
             unconditional, (n, 2), cond_fn=classifier_guidance(classifier, label, 1.0))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharex=True,
+                             sharey=True)
     for ax, (title, points) in zip(axes, panels):
         label = torch.zeros(len(points), dtype=torch.long)
         fidelity, diversity = ring_fidelity(points, label), ring_angle_entropy(points, label)

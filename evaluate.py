@@ -33,13 +33,13 @@ features; not comparable to published FID)". Tr((S_1 S_2)^(1/2)) is the sum of t
 of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as S_1 S_2 but is
 symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
 
-Defines: feature_statistics, frechet_distance, clip_features, clip_score, shapes_zero_shot,
+Defines: feature_statistics, frechet_distance, clip_score, shapes_zero_shot,
 binding, leading_object, fit_linear_probe, binding_probe, exact_match, held_out_scenes,
 held_out_prompts, zero_shot_accuracy, class_conditional_quality, evaluate (one stage),
-scene_rate, evaluate_code_prior, evaluate_unclip (the cascade), guidance_sweep.
-Run `python evaluate.py --models out` for the CLIP-FID and exact match of unCLIP's samples
-against held-out shapes scenes at several decoder guidance scales; `python evaluate.py --models
-OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on another labelled data set.
+scene_rate, evaluate_code_prior, evaluate_unclip (the cascade).
+Run `python evaluate.py --models OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on
+another labelled data set, `python evaluate.py --models OUT --ddpm-quality DATA` for a
+class-conditional DDPM's. (bench/fid.py sweeps the decoder's guidance scale by CLIP-FID and FID.)
 """
 import argparse
 import json
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 import data as datasets
 import shapes
 from checkpoint import load_checkpoint, load_clip, load_unclip, native_bf16, restore_model
-from clip import clip_embeddings, retrieval, zero_shot_weights
+from clip import clip_embeddings, image_embeddings, retrieval, zero_shot_weights
 from unclip import unclip_sample
 
 
@@ -78,48 +78,34 @@ def frechet_distance(mu_1, sigma_1, mu_2, sigma_2):
 
 
 @torch.no_grad()
-def clip_features(clip_model, images, chunk=250):
-    """(N, 3, R, R) images in [-1, 1] -> (N, D) unit-length CLIP image embeddings (box-resized to
-    CLIP's resolution)."""
-    device = clip_model.logit_scale.device
-    features = []
-    for x in images.split(chunk):
-        x = x.to(device).float()
-        if x.shape[-1] != clip_model.cfg.resolution:
-            x = F.interpolate(x, size=clip_model.cfg.resolution, mode="area")
-        features.append(F.normalize(clip_model.encode_image(x), dim=-1).cpu())
-    return torch.cat(features)
-
-
-@torch.no_grad()
 def clip_score(clip_model, images, captions):
     """Mean cosine between each image's CLIP embedding and its caption's (the CLIP score of
     Hessel et al. 2021, without their 2.5 rescaling): how well images match their text."""
     text = torch.cat([F.normalize(clip_model.encode_text(captions[i:i + 250]), dim=-1).cpu()
                       for i in range(0, len(captions), 250)])
-    return (clip_features(clip_model, images) * text).sum(1).mean().item()
+    return (image_embeddings(clip_model, images).cpu() * text).sum(1).mean().item()
 
 
 # ----------------------------------------------------------------------------------------------
 # Shapes figures: CLIP's zero-shot accuracy, and the caption checker over many images.
 
 @torch.no_grad()
-def shapes_zero_shot(model, n=1000, seed=1, split="train"):
-    """Zero-shot accuracy per attribute (colour, shape, size, position) on n held-out one-object
-    scenes. CLIP classifies each image over all 180 canonical one-object captions, each embedded
-    with every training prefix ("a picture of ...") and averaged (prompt ensembling, CLIP section
-    3.1.4); a value's probability is the sum over the captions that name it, the others
-    marginalised out. (Averaging all of a value's captions into one class vector instead blurs
-    what a binding text tower keeps apart: shape 0.89 against 1.00 for the same CLIP;
-    docs/results.md, rung 3.) Relations: binding(), with minimal foils."""
+def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
+    """Zero-shot accuracy per attribute (colour, shape, size, position) on n one-object scenes
+    of the seed's test stream. CLIP classifies each image over all 180 canonical one-object
+    captions, each embedded with every training prefix ("a picture of ...") and averaged (prompt
+    ensembling, CLIP section 3.1.4); a value's probability is the sum over the captions that name
+    it, the others marginalised out, because averaging a value's captions into one class vector
+    blurs what a binding text tower keeps apart (docs/decisions.md). Relations: binding()."""
     device = model.logit_scale.device
     captions = shapes.one_object_captions()
     named = [shapes.parse_caption(c) for c in captions]
     text_e = zero_shot_weights(model, [[c] for c in captions],
                                [p + "{}" for p in shapes.PREFIXES])              # (180, D)
-    one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1)
+    one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1,
+                               stream=stream)
     scenes = [shapes.parse_caption(c[0]) for c in one.captions]
-    image_e = F.normalize(model.encode_image(one.images.float().to(device) / 127.5 - 1), dim=-1)
+    image_e = image_embeddings(model, one.images)
     p_caption = (model.logit_scale.exp() * image_e @ text_e.T).softmax(-1)       # (n, 180)
     results = {}
     for attribute, values in [("colour", shapes.COLOURS), ("shape", shapes.SHAPES),
@@ -136,15 +122,16 @@ def shapes_zero_shot(model, n=1000, seed=1, split="train"):
 
 
 @torch.no_grad()
-def binding(model, n=1000, seed=1, split="train"):
-    """Does CLIP bind attributes to objects? On n held-out two-object scenes, the share in which
+def binding(model, seed, n=1000, split="train", stream="test"):
+    """Does CLIP bind attributes to objects? On n two-object test scenes, the share in which
     the image's embedding is nearer its true caption than each minimal foil (shapes.minimal_foils:
     relation reversed, objects trading places, colours, shapes); a tie counts half. Chance is
     0.50: a model that knows which attributes a scene has but not which object has them, or
     where, scores 0.50 on every kind."""
-    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2)
+    two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2,
+                               stream=stream)
     device = model.logit_scale.device
-    image_e = F.normalize(model.encode_image(two.images.float().to(device) / 127.5 - 1), dim=-1)
+    image_e = image_embeddings(model, two.images)
     captions = [c[0] for c in two.captions]
     foils = [shapes.minimal_foils(c) for c in captions]
     kinds = [kind for f in foils for kind in f]
@@ -186,18 +173,18 @@ def fit_linear_probe(features, labels, weight_decay=1e-3, iterations=200):
 
 
 @torch.no_grad()
-def binding_probe(model, n=1000, n_fit=2000, seed=1, fit_seed=2, split="train"):
+def binding_probe(model, seed, n=1000, n_fit=2000, split="train"):
     """Is "which colour is where" in the image embedding at all, whatever the text tower does
     with it? A linear probe reads the colour and the shape of the left (or upper) object of a
-    two-object scene from CLIP's normalised image embedding: fitted on n_fit scenes of fit_seed,
-    scored on n scenes of seed. Chance: 1/6 for colour, 1/3 for shape. An embedding that only
-    lists the colours present (a bag of attributes) knows the answer is one of two colours and
-    scores about half on colour; one that binds scores near 1."""
+    two-object scene from CLIP's normalised image embedding: fitted on n_fit scenes of the seed's
+    training stream, scored on n of its test stream. Chance: 1/6 for colour, 1/3 for shape. An
+    embedding that only lists the colours present (a bag of attributes) knows the answer is one
+    of two colours and scores about half on colour; one that binds scores near 1."""
     parts = []
-    for count, part_seed in ((n_fit, fit_seed), (n, seed)):
-        two = datasets.shapes_data(count, model.cfg.resolution, part_seed, split, prefixes=False,
-                                   objects=2)
-        parts.append((clip_features(model, two.images.float() / 127.5 - 1),      # (count, D)
+    for count, stream in ((n_fit, "train"), (n, "test")):
+        two = datasets.shapes_data(count, model.cfg.resolution, seed, split, prefixes=False,
+                                   objects=2, stream=stream)
+        parts.append((image_embeddings(model, two.images).cpu(),                  # (count, D)
                       [leading_object(c[0]) for c in two.captions]))
     (z_fit, lead_fit), (z_test, lead_test) = parts
     figures = {}
@@ -222,40 +209,40 @@ def exact_match(images, captions):
             if group in summary} | {"exact": summary["exact"]}
 
 
-def held_out_scenes(n, resolution, seed=1, split="train"):
-    """n one-object, then n two-object scenes not in the training data (another seed than
-    training's 0): (images (2n, 3, R, R) in [-1, 1], canonical captions). split "holdout": every
+def held_out_scenes(n, resolution, seed, split="train", stream="test"):
+    """n one-object, then n two-object scenes of a stream that training never draws from ("test"
+    or "dev"): (images (2n, 3, R, R) in [-1, 1], canonical captions). split "holdout": every
     scene holds a colour-shape pair never seen in training (a held-out composition)."""
-    parts = [datasets.shapes_data(n, resolution, seed, split, prefixes=False, objects=objects)
-             for objects in (1, 2)]
+    parts = [datasets.shapes_data(n, resolution, seed, split, prefixes=False, objects=objects,
+                                  stream=stream) for objects in (1, 2)]
     batches = [part.batch(torch.arange(n))[:2] for part in parts]
     return torch.cat([b[0] for b in batches]), [c for b in batches for c in b[1]]
 
 
-def held_out_prompts(n, seed=1, split="train"):
+def held_out_prompts(n, seed, split="train", stream="test"):
     """The captions of held_out_scenes: n one-object, then n two-object prompts."""
-    return held_out_scenes(n, 8, seed, split)[1]  # 8 px: the captions are what is wanted
+    return held_out_scenes(n, 8, seed, split, stream)[1]  # 8 px: the captions are what is wanted
 
 
 # ----------------------------------------------------------------------------------------------
 # Each stage's figures.
 
-def evaluate_clip(model, test_data, train_data):
+def evaluate_clip(model, test_data, train_data, seed):
     """Retrieval on held-out pairs; on shapes, zero-shot accuracy per attribute, and both again
     on the holdout split (colour-shape pairs never seen in training)."""
     figures = retrieval(model, test_data.images, [c[0] for c in test_data.captions])
     if test_data.labels is not None and test_data.class_names != shapes.SHAPES:
         figures["zero_shot_accuracy"] = zero_shot_accuracy(model, test_data)
     if train_data.class_names == shapes.SHAPES:
-        figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model).items()})
-        figures.update({f"binding_{k}": v for k, v in binding(model).items()})
-        figures.update({f"probe_{k}": v for k, v in binding_probe(model).items()})
-        holdout = datasets.shapes_data(1000, model.cfg.resolution, seed=1, split="holdout",
-                                       prefixes=False)
+        figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model, seed).items()})
+        figures.update({f"binding_{k}": v for k, v in binding(model, seed).items()})
+        figures.update({f"probe_{k}": v for k, v in binding_probe(model, seed).items()})
+        holdout = datasets.shapes_data(1000, model.cfg.resolution, seed, split="holdout",
+                                       prefixes=False, stream="test")
         figures.update({f"holdout_{k}": v for k, v in retrieval(
             model, holdout.images, [c[0] for c in holdout.captions]).items()})
         figures.update({f"holdout_zero_shot_{k}": v
-                        for k, v in shapes_zero_shot(model, split="holdout").items()})
+                        for k, v in shapes_zero_shot(model, seed, split="holdout").items()})
     return figures
 
 
@@ -265,21 +252,18 @@ def zero_shot_accuracy(model, data, templates=datasets.CIFAR10_TEMPLATES):
     in every template ("a photo of a cat", ...; CLIP's prompt ensembling). Chance: 1 / classes."""
     weights = zero_shot_weights(model, [[datasets.with_article(c)] for c in data.class_names],
                                 templates)                                            # (C, E)
-    device = weights.device
-    predicted = torch.cat([(F.normalize(model.encode_image(x.float().to(device) / 127.5 - 1),
-                                        dim=-1) @ weights.T).argmax(1).cpu()
-                           for x in data.images.split(250)])
+    predicted = (image_embeddings(model, data.images) @ weights.T).argmax(1).cpu()
     return (predicted == data.labels).float().mean().item()
 
 
 def evaluate_ddpm(model, class_names, device, out, per_class=16):
     """A grid of DDIM samples, one row pair per class; on shapes, the share with the right shape."""
     if not model.cfg.num_classes:
-        images = model.sample(32, steps=50, device=device)
+        images = model.sample(32, device=device)
         datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), scale=3)
         return {}
     y = torch.arange(model.cfg.num_classes, device=device).repeat_interleave(per_class)
-    images = model.sample(len(y), y, guidance_scale=1.0, steps=50, device=device)
+    images = model.sample(len(y), y, guidance_scale=1.0, device=device)
     datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), nrow=per_class, scale=3)
     if class_names != shapes.SHAPES:
         return {}
@@ -289,7 +273,7 @@ def evaluate_ddpm(model, class_names, device, out, per_class=16):
 
 @torch.no_grad()
 def class_conditional_quality(ddpm, classifier, real_train, real_test, out, scales=(0, 1, 2, 4),
-                              per_class=50, steps=50):
+                              per_class=50, steps=None):
     """A class-conditional DDPM on real data, judged by a plain classifier trained on the real
     training images (`train.py classifier --max_timestep=1`): per guidance scale w, the
     classifier's accuracy on samples of each requested class, and the Frechet distance in its
@@ -337,10 +321,10 @@ def evaluate_prior(model, clip_model, test_data, n=200):
             "cosine_other_image": F.cosine_similarity(z_i.roll(1, 0), z_i).mean().item()}
 
 
-def evaluate_decoder(model, clip_model, test_data, out, n=100, guidance_scale=None, seed=1):
+def evaluate_decoder(model, clip_model, test_data, out, seed, n=100, guidance_scale=None):
     """Decode held-out images from their own image embedding and caption: the exact-match rate
     the cascade could reach with a perfect prior. On shapes: n one-object and n two-object
-    scenes of another seed; elsewhere 2n test images."""
+    scenes of the seed's test stream; elsewhere 2n test images."""
     if test_data.class_names == shapes.SHAPES:
         images, captions = held_out_scenes(n, model.cfg.resolution, seed)
     else:
@@ -409,13 +393,14 @@ def evaluate_upsampler(model, test_data, stage, out, n=64):
 
 
 @torch.no_grad()
-def evaluate(stage, model, train_data, test_data, device, out):
-    """The figures a finished stage reports, on held-out data, and its pictures."""
+def evaluate(stage, model, train_data, test_data, device, out, seed):
+    """The figures a finished stage reports, on the test data of its training seed, and its
+    pictures."""
     torch.manual_seed(0)
     if stage in ("prior", "ar_prior", "decoder"):
         clip_model = load_clip(out, device)
         if stage == "decoder":
-            return evaluate_decoder(model, clip_model, test_data, out)
+            return evaluate_decoder(model, clip_model, test_data, out, seed)
         return evaluate_prior(model, clip_model, test_data)
     if stage in ("upsampler", "upsampler2"):
         return evaluate_upsampler(model, test_data, stage, out)
@@ -426,13 +411,13 @@ def evaluate(stage, model, train_data, test_data, device, out):
     if stage == "ddpm":
         return evaluate_ddpm(model, train_data.class_names, device, out)
     if stage == "clip":
-        return evaluate_clip(model, test_data, train_data)
+        return evaluate_clip(model, test_data, train_data, seed)
     if stage == "classifier":
         t = torch.full((len(x),), model.cfg.timesteps // 2, device=device)
         return {"accuracy_t0": (model(x, 0 * t).argmax(1).cpu() == labels).float().mean().item(),
                 "accuracy_half_T": (model(model.diffusion.q_sample(x, t, torch.randn_like(x)), t)
                                     .argmax(1).cpu() == labels).float().mean().item()}
-    mean_image = (train_data.images.float().mean(0) / 127.5 - 1).to(device)
+    mean_image = datasets.to_unit_range(train_data.images.float().mean(0)).to(device)
     figures = {"baseline_mse": (x - mean_image).pow(2).mean().item()}
     chunks = x.split(250)
     recon = torch.cat([model.reconstruct(c).clamp(-1, 1) for c in chunks])
@@ -456,20 +441,21 @@ def evaluate(stage, model, train_data, test_data, device, out):
     return figures
 
 
-def evaluate_unclip(out, device, n=100, holdout=50, seed=1):
-    """Text to image on held-out prompts through the whole cascade: exact match at every
-    resolution, per attribute at the last. On shapes: n one-object and n two-object prompts of
-    seed 1's scenes, and `holdout` of each of held-out compositions (colour-shape pairs never
-    seen in training: holdout_* figures); elsewhere CLIP-FID against 2n held-out images and the
-    CLIP score, with the real images' and shuffled pairs' beside it. Writes
+def evaluate_unclip(out, device, seed, n=100, holdout=50, stream="test"):
+    """Text to image on prompts training never drew, through the whole cascade: exact match at
+    every resolution, per attribute at the last. On shapes: n one-object and n two-object prompts
+    of the seed's test (or dev) stream, and `holdout` of each of held-out compositions
+    (colour-shape pairs never seen in training: holdout_* figures); elsewhere CLIP-FID against 2n
+    test images and the CLIP score, with the real images' and shuffled pairs' beside it. Writes
     a grid of samples and the prompts it shows."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
     data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
     on_shapes = data.startswith("shapes")
     if on_shapes:
-        prompts = held_out_prompts(n, seed) + held_out_prompts(holdout, seed, "holdout")
+        prompts = (held_out_prompts(n, seed, stream=stream)
+                   + held_out_prompts(holdout, seed, "holdout", stream))
     else:  # the first caption of 2n held-out images
-        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, seed, "test")
+        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, seed, stream)
         prompts = [c[0] for c in test.captions[:2 * n]]
     torch.manual_seed(0)
     stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts,
@@ -483,10 +469,10 @@ def evaluate_unclip(out, device, n=100, holdout=50, seed=1):
             figures.update({f"holdout_{k}_{res}px": v for k, v in exact_match(
                 images[2 * n:], prompts[2 * n:]).items()})
         if not on_shapes:
-            real = datasets.load_data(data, res, 2 * n, seed, "test").images[:2 * n] / 127.5 - 1
+            real = datasets.load_data(data, res, 2 * n, seed, stream).images[:2 * n]
             figures[f"clip_fid_{res}px"] = frechet_distance(
-                *feature_statistics(clip_features(clip_model, real)),
-                *feature_statistics(clip_features(clip_model, images)))
+                *feature_statistics(image_embeddings(clip_model, real).cpu()),
+                *feature_statistics(image_embeddings(clip_model, images).cpu()))
             figures[f"clip_score_{res}px"] = clip_score(clip_model, images, prompts)
             if res == stages[-1].shape[-1]:  # the floor and ceiling of the CLIP score
                 figures["clip_score_real"] = clip_score(clip_model, real, prompts)
@@ -505,48 +491,17 @@ def evaluate_unclip(out, device, n=100, holdout=50, seed=1):
     return figures
 
 
-# ----------------------------------------------------------------------------------------------
-# Sample quality against decoder guidance.
-
-def guidance_sweep(models, n=300, scales=(1.0, 2.0, 3.0, 5.0), more_features=None):
-    """unCLIP's samples for n held-out shapes prompts, per decoder guidance scale: CLIP-FID
-    against n held-out scenes and exact match. more_features: {name: function from images to
-    (N, D) features} adds a Frechet distance in those features (bench/fid.py: FID)."""
-    more_features = more_features or {}
-    clip_model, prior, decoder, _ = load_unclip(models)
-    real = datasets.shapes_data(n, decoder.cfg.resolution, seed=1, prefixes=False)
-    prompts = [c[0] for c in datasets.shapes_data(n, 32, seed=2, prefixes=False).captions]
-    features = dict(clip_fid=lambda x: clip_features(clip_model, x), **more_features)
-    real_images = real.images.float() / 127.5 - 1
-    real_stats = {name: feature_statistics(f(real_images)) for name, f in features.items()}
-    results = {}
-    for w in scales:
-        torch.manual_seed(0)
-        images = torch.cat([unclip_sample(clip_model, prior, decoder, [], prompts[i:i + 100],
-                                          decoder_guidance=w)[0][-1]
-                            for i in range(0, len(prompts), 100)])
-        results[w] = {name: frechet_distance(*real_stats[name], *feature_statistics(f(images)))
-                      for name, f in features.items()}
-        results[w]["exact"] = shapes.check_images(images, prompts)["exact"]
-        print(f"decoder guidance {w}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[w].items()),
-              flush=True)
-    return results
-
-
-def main(argv=None, more_features=None):
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="out")
-    parser.add_argument("--n", type=int, default=300, help="generated and real images")
-    parser.add_argument("--guidance", default="1,2,3,5",
-                        help="guidance scales (the decoder's; with --ddpm-quality the DDPM's)")
-    parser.add_argument("--out", default="docs")
-    parser.add_argument("--zero-shot", metavar="DATA", help="instead: zero-shot accuracy of "
-                        "MODELS/clip.pt on DATA's test split (e.g. cifar10:PATH)")
-    parser.add_argument("--ddpm-quality", metavar="DATA", help="instead: MODELS/ddpm.pt judged "
-                        "by MODELS/classifier.pt (trained with --max_timestep=1) on DATA")
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--zero-shot", metavar="DATA", help="zero-shot accuracy of "
+                      "MODELS/clip.pt on DATA's test split (e.g. cifar10:PATH)")
+    task.add_argument("--ddpm-quality", metavar="DATA", help="MODELS/ddpm.pt judged by "
+                      "MODELS/classifier.pt (trained with --max_timestep=1) on DATA")
+    parser.add_argument("--guidance", default="0,1,2,4", help="the DDPM's guidance scales")
     parser.add_argument("--per-class", type=int, default=50, help="samples per class")
     args = parser.parse_args(argv)
-    scales = [float(s) for s in args.guidance.split(",")]
     if args.ddpm_quality:
         ddpm, classifier = (restore_model(load_checkpoint(os.path.join(args.models, f"{s}.pt"),
                                                           s)) for s in ("ddpm", "classifier"))
@@ -554,30 +509,22 @@ def main(argv=None, more_features=None):
         figures = class_conditional_quality(
             ddpm, classifier, datasets.load_data(args.ddpm_quality, res, split="train"),
             datasets.load_data(args.ddpm_quality, res, split="test"), args.models,
-            scales, args.per_class)
+            [float(s) for s in args.guidance.split(",")], args.per_class)
         print(figures)
         with open(os.path.join(args.models, "ddpm_quality.json"), "w") as f:
             json.dump(dict(figures, per_class=args.per_class,
                            command=" ".join(["python"] + sys.argv)), f, indent=1)
         return
-    if args.zero_shot:
-        model = load_clip(args.models)
-        test = datasets.load_data(args.zero_shot, model.cfg.resolution, split="test")
-        if test.labels is None:
-            raise ValueError(f"{args.zero_shot} has no class labels to classify by")
-        figures = {"zero_shot_accuracy": zero_shot_accuracy(model, test),
-                   "chance": 1 / len(test.class_names), "images": len(test),
-                   "command": " ".join(["python"] + sys.argv)}
-        print(figures)
-        with open(os.path.join(args.models, "zero_shot.json"), "w") as f:
-            json.dump(figures, f, indent=1)
-        return
-    results = guidance_sweep(args.models, args.n, scales, more_features)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "clip_fid.json"), "w") as f:
-        json.dump({"command": " ".join(["python"] + sys.argv), "n": args.n,
-                   "label": "CLIP-FID (own features; not comparable to published FID)",
-                   "decoder_guidance": results}, f, indent=1)
+    model = load_clip(args.models)
+    test = datasets.load_data(args.zero_shot, model.cfg.resolution, split="test")
+    if test.labels is None:
+        raise ValueError(f"{args.zero_shot} has no class labels to classify by")
+    figures = {"zero_shot_accuracy": zero_shot_accuracy(model, test),
+               "chance": 1 / len(test.class_names), "images": len(test),
+               "command": " ".join(["python"] + sys.argv)}
+    print(figures)
+    with open(os.path.join(args.models, "zero_shot.json"), "w") as f:
+        json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ decoder-only transformer with a causal mask over the sequence
 and the query's output is the clean z_i itself: the paper found predicting z_i better than
 predicting the noise, and trains with
     L_prior = E_t || f(z_i^(t), t, y) - z_i ||^2                       (section 2.2).
-The caption and z_t are dropped (zeroed) 10% of the time, for classifier-free guidance. At
-sampling it draws two candidates per caption and keeps the one with the higher dot product with
-z_t, as the paper does.
+The caption and z_t are dropped (zeroed) 10% of the time, for classifier-free guidance; sampling
+draws two candidates per caption and keeps the one with the higher dot product with z_t.
 
 The autoregressive prior (the paper's comparison) turns z_i into a short sequence of discrete
 codes: project on the top principal components (PCA, ordered by variance), quantise each
@@ -37,8 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clip import Block, normalise_embedding
-from diffusion import (GaussianDiffusion, classifier_free_guidance, cosine_beta_schedule,
-                       drop_condition, timestep_embedding)
+from diffusion import DiffusionConfig, classifier_free_guidance, drop_condition, make_diffusion
+from unet import timestep_embedding
 
 
 class PrefixEncoder(nn.Module):
@@ -65,14 +64,15 @@ def drop_text(tokens, z_t, p_uncond):
 # The diffusion prior.
 
 @dataclass
-class PriorConfig:
+class PriorConfig(DiffusionConfig):
+    prediction: str = "x0"     # the clean z_i itself, as the paper found best (see above)
+    clip_x0: str = "none"      # an embedding has no [-1, 1] range to clip to
     embed_dim: int = 64        # CLIP's joint embedding size (z_t and z_i)
     text_width: int = 96       # CLIP's text transformer width: the caption token features
     context_length: int = 24   # caption tokens (CLIP's)
     width: int = 64
     layers: int = 4
     heads: int = 4
-    timesteps: int = 1000
     p_uncond: float = 0.1      # caption and z_t dropped this often in training
 
 
@@ -89,8 +89,7 @@ class DiffusionPrior(nn.Module):
         self.blocks = nn.Sequential(*[Block(w, cfg.heads, causal=True) for _ in range(cfg.layers)])
         self.ln_final = nn.LayerNorm(w)
         self.out = nn.Linear(w, cfg.embed_dim)
-        # Predict x_0 (the clean z_i), unclipped: an embedding has no [-1, 1] range.
-        self.diffusion = GaussianDiffusion(cosine_beta_schedule(cfg.timesteps), "x0", "none")
+        self.diffusion = make_diffusion(cfg)
 
     def forward(self, z_noisy, t, tokens, z_t):
         """Noised z_i (B, D), t (B,), caption features (B, L, W_text), z_t (B, D) -> z_i (B, D)."""
@@ -241,7 +240,8 @@ if __name__ == "__main__":
         z_i = F.normalize(means[y] + 0.5 * torch.randn(n, D), dim=-1) * math.sqrt(D)
         return y, z_i, text_vectors[y], token_table[y]
 
-    for name, model in [("diffusion", DiffusionPrior(PriorConfig(D, 8, L, 64, 2, 4, 200))),
+    sizes = dict(embed_dim=D, text_width=8, context_length=L, width=64, layers=2, heads=4)
+    for name, model in [("diffusion", DiffusionPrior(PriorConfig(**sizes, timesteps=200))),
                         ("autoregressive", ARPrior(ARPriorConfig(D, 8, L, 64, 2, 4, 8, 16)))]:
         start = time.time()
         if name == "autoregressive":

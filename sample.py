@@ -9,103 +9,88 @@
     python sample.py codes --ckpt runs/vq/code_prior.pt --n 64   # VQ-VAE codes, then decoded
 
 The unCLIP jobs read what `python train.py` wrote to --models (default out/): clip.pt, prior.pt
-(or ar_prior.pt with --prior ar), decoder.pt and the upsamplers present. Guidance scales are
-classifier-free (0: unconditional, 1: conditional, > 1: guided); --classifier-scale multiplies a
-noisy classifier's gradient. --out FILE.png writes a grid, --out DIR one PNG per image (unclip:
-DIR/{prompt:04d}_{sample}.png, prompt i being line i of --prompts, from 0).
+(or ar_prior.pt with --prior ar), decoder.pt and the upsamplers present, and call unclip.py's
+functions. Guidance scales are classifier-free (0: unconditional, 1: conditional, > 1: guided);
+--classifier-scale multiplies a noisy classifier's gradient. --out FILE.png writes a grid, --out
+DIR one PNG per image (unclip: DIR/{prompt:04d}_{sample}.png, prompt i being line i of --prompts).
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 import data as datasets
+from data import write_images
+import unclip
 from shapes import SHAPES
 from checkpoint import CheckpointError, load_checkpoint, load_unclip, pick_device, restore_model
-from clip import normalise_embedding
 from diffusion import classifier_guidance
-from unclip import decode, slerp, text_diff, unclip_sample
-
-JOBS = ("unclip", "variations", "interpolate", "text-diff", "ddpm", "codes")
-OLD_SPELLINGS = {"--variations": "variations", "--interpolate": "interpolate",
-                 "--text-diff": "text-diff", "--prompts": "unclip --prompts"}
 
 
-def write_images(images, out, names=None):
-    """A grid to FILE.png, or one PNG per image into a folder (named names[j] or 0000 ...)."""
-    if out.lower().endswith(".png"):
-        datasets.save_grid(images, out, scale=2)
-        return out
-    names = names or [f"{j:04d}" for j in range(len(images))]
-    for name, image in zip(names, images):
-        datasets.save_grid(image[None], f"{out}/{name}.png", nrow=1)
-    return f"{out}/{names[0]}.png ..."
+def read_image(clip_model, path):
+    """An image file -> (3, R, R) at CLIP's resolution, box-filtered as shapes.py renders."""
+    return datasets.read_image(path, clip_model.cfg.resolution, Image.BOX)
 
 
-def check_prompts(prompts, tokenizer):
-    """Refuse empty prompts, over-long ones and (word tokenizers) unknown words, in one line."""
-    for i, prompt in enumerate(prompts):
-        if not prompt.strip():
-            raise ValueError(f"prompt {i} is empty: write what the image should show")
-        size = len(tokenizer.split(prompt))
-        if size > tokenizer.context_length - 2:
-            raise ValueError(f"prompt {i} is {size} {tokenizer.unit}; this CLIP reads at most "
-                             f"{tokenizer.context_length - 2}: shorten it")
-    return prompts
-
-
-def image_embedding(clip_model, path):
-    """An image file -> its normalised CLIP image embedding (D,), and the image (1, 3, R, R)."""
-    # a box filter, as shapes.py renders small images from large ones
-    x = datasets.read_image(path, clip_model.cfg.resolution, Image.BOX)[None]
-    return normalise_embedding(clip_model.encode_image(x.to(clip_model.logit_scale.device)))[0], x
-
-
-@torch.no_grad()
-def sample_unclip(args):
-    device = pick_device(args.device)
-    clip_model, prior, decoder, upsamplers = load_unclip(
-        args.models, device, "ar_prior" if args.prior == "ar" else "prior")
+def load_cascade(args):
+    """(clip, prior, decoder, upsamplers) from --models, then the seed: every draw comes after."""
+    prior = "ar_prior" if args.prior == "ar" else "prior"
+    models = load_unclip(args.models, pick_device(args.device), prior)
     torch.manual_seed(args.seed)
-    draw = dict(decoder_guidance=args.decoder_guidance, steps=args.steps,
+    return models
+
+
+def draw(args):
+    """The decoder's and upsamplers' settings (None: each model's own)."""
+    return dict(decoder_guidance=args.decoder_guidance, steps=args.steps,
                 upsampler_steps=args.upsampler_steps)
-    if args.job == "variations":  # Fig. 3: decode one image embedding several times
-        z_i, image = image_embedding(clip_model, args.image)
-        final = upsamplers[-1].cfg.resolution if upsamplers else decoder.cfg.resolution
-        shown = F.interpolate(image.to(device), size=final, mode="bilinear", align_corners=False)
-        images = decode(clip_model, decoder, upsamplers, z_i.expand(args.n, -1), **draw)
-        return f"{write_images(torch.cat([shown, images]), args.out)} (the input, then variations)"
-    if args.job == "interpolate":  # Fig. 4: slerp between two images' embeddings
-        a, b = (image_embedding(clip_model, path)[0] for path in args.images)
-        z_i = slerp(a, b, torch.linspace(0, 1, args.n, device=device))
-        return write_images(decode(clip_model, decoder, upsamplers, z_i, same_noise=True, **draw),
-                            args.out)
-    if args.job == "text-diff":  # Fig. 5: rotate the embedding towards the text difference
-        check_prompts([args.before, args.after], clip_model.text.tokenizer)
-        z_t = normalise_embedding(clip_model.encode_text([args.before, args.after]))
-        # theta from 0 to 0.5, the top of the paper's range for Fig. 5 (0.25 to 0.50)
-        z_i = text_diff(image_embedding(clip_model, args.image)[0], z_t[0], z_t[1],
-                        torch.linspace(0, 0.5, args.n, device=device))
-        return write_images(decode(clip_model, decoder, upsamplers, z_i, same_noise=True, **draw),
-                            args.out)
+
+
+def sample_unclip(args):
+    """Text to image (unCLIP Fig. 2): n images of each prompt."""
     if not (args.prompt or args.prompts):
         raise ValueError('give a prompt or --prompts FILE: python sample.py unclip "a red circle"')
-    if args.prompts and not os.path.isfile(args.prompts):
+    if args.prompts and not Path(args.prompts).is_file():
         raise FileNotFoundError(f"no prompts file at {args.prompts}: one prompt per line")
-    prompts = [args.prompt]
-    if args.prompts:
-        with open(args.prompts, encoding="utf-8") as f:
-            prompts = f.read().splitlines()
-    check_prompts(prompts, clip_model.text.tokenizer)
+    prompts = Path(args.prompts).read_text("utf-8").splitlines() if args.prompts else [args.prompt]
+    clip_model, prior, decoder, upsamplers = load_cascade(args)
+    clip_model.text.tokenizer.check(prompts)
     captions = [p for p in prompts for _ in range(args.n)]
-    images = torch.cat([unclip_sample(clip_model, prior, decoder, upsamplers, captions[i:i + 64],
-                                      args.prior_guidance, **draw)[0][-1]
-                        for i in range(0, len(captions), 64)])
-    return write_images(images, args.out, [f"{i:04d}_{j}" for i in range(len(prompts))
-                                           for j in range(args.n)])
+    images = [unclip.unclip_sample(clip_model, prior, decoder, upsamplers, captions[i:i + 64],
+                                   args.prior_guidance, **draw(args))[0][-1]
+              for i in range(0, len(captions), 64)]  # 64 at a time: memory stays bounded
+    return write_images(torch.cat(images), args.out, [f"{i:04d}_{j}" for i in range(len(prompts))
+                                                      for j in range(args.n)])
+
+
+def sample_variations(args):
+    """Fig. 3: the input image (resized to the output's size), then its n variations."""
+    clip_model, _, decoder, upsamplers = load_cascade(args)
+    image = read_image(clip_model, args.image)
+    images = unclip.variations(clip_model, decoder, upsamplers, image, args.n, **draw(args))
+    shown = F.interpolate(image[None].to(images.device), size=images.shape[-1], mode="bilinear",
+                          align_corners=False)
+    return f"{write_images(torch.cat([shown, images]), args.out)} (the input, then variations)"
+
+
+def sample_interpolate(args):
+    """Fig. 4: n images from the first image's embedding to the second's."""
+    clip_model, _, decoder, upsamplers = load_cascade(args)
+    a, b = read_image(clip_model, args.image_a), read_image(clip_model, args.image_b)
+    return write_images(unclip.interpolate(clip_model, decoder, upsamplers, a, b, args.n,
+                                           **draw(args)), args.out)
+
+
+def sample_text_diff(args):
+    """Fig. 5: n images turning the image's embedding from caption `before` towards `after`."""
+    clip_model, _, decoder, upsamplers = load_cascade(args)
+    clip_model.text.tokenizer.check([args.before, args.after])
+    images = unclip.text_diff_images(clip_model, decoder, upsamplers, read_image(
+        clip_model, args.image), args.before, args.after, args.n, **draw(args))
+    return write_images(images, args.out)
 
 
 def sample_ddpm(args):
@@ -144,17 +129,28 @@ def sample_codes(args):
     return write_images(model.sample(args.n, args.temperature), args.out)
 
 
+JOBS = {"unclip": sample_unclip, "variations": sample_variations,
+        "interpolate": sample_interpolate, "text-diff": sample_text_diff, "ddpm": sample_ddpm,
+        "codes": sample_codes}
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own error prints the usage too, over several lines
+        print(f"error: {message} ({self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser_for_jobs():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    jobs = parser.add_subparsers(dest="job", metavar="JOB", help=", ".join(JOBS))
+    parser = OneLineErrors(prog="python sample.py", description=__doc__.split("\n")[0])
+    jobs = parser.add_subparsers(dest="job", metavar="JOB", help=", ".join(JOBS), required=True)
     for job in JOBS:
         p = jobs.add_parser(job)
         p.add_argument("--n", type=int, default={"ddpm": 16, "unclip": 4, "variations": 4}.get(
             job, 8), help="images (per prompt), or interpolation steps")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=50 if job == "ddpm" else None,
-                       help="DDIM steps" if job == "ddpm" else
-                       "the decoder's DDIM steps (default: its own, DecoderConfig.sample_steps)")
+        if job != "codes":
+            own = "DDPMConfig" if job == "ddpm" else "the decoder's own, DecoderConfig"
+            p.add_argument("--steps", type=int, help=f"DDIM steps (default: {own}.sample_steps)")
         p.add_argument("--device", default="auto")
         p.add_argument("--out", default="out/samples.png")
         if job == "ddpm":
@@ -181,32 +177,18 @@ def parser_for_jobs():
         if job == "unclip":
             p.add_argument("prompt", nargs="?", help="what to draw")
             p.add_argument("--prompts", help="a text file, one prompt per line")
-        elif job == "variations":
-            p.add_argument("image")
-        elif job == "interpolate":
-            p.add_argument("images", nargs=2, metavar="IMAGE")
-        else:
-            for name in ("before", "after", "image"):
-                p.add_argument(name)
+        for name in {"variations": ["image"], "interpolate": ["image_a", "image_b"],
+                     "text-diff": ["before", "after", "image"]}.get(job, []):
+            p.add_argument(name)
     return parser
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    old = next((OLD_SPELLINGS[a] for a in argv if a in OLD_SPELLINGS), None)
-    if argv and argv[0] not in JOBS and argv[0] not in ("-h", "--help"):
-        job = old or f'unclip "{argv[0]}"'
-        print(f"error: name the job first, e.g. python sample.py {job} ... (jobs: "
-              f"{', '.join(JOBS)})", file=sys.stderr)
-        sys.exit(2)
     args = parser_for_jobs().parse_args(argv)
     try:
-        if args.job is None:
-            raise ValueError(f"name a job: {', '.join(JOBS)} (python sample.py --help)")
         if args.n < 1:
             raise ValueError(f"--n must be at least 1, got {args.n}")
-        written = {"ddpm": sample_ddpm, "codes": sample_codes}.get(args.job, sample_unclip)(args)
-        print(f"wrote {written}")
+        print(f"wrote {JOBS[args.job](args)}")
     except (ValueError, OSError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,6 @@
 """The shapes world: scenes whose every caption word can be checked against the pixels.
 
-The project's built-in data set (its specification: `shapes.md` in the project's shared specs).
+The project's built-in data set (its specification: docs/shapes.md).
 A scene is one object at a position ("a small red circle on the left") or two objects in a
 relation ("a large blue square above a small green triangle"), drawn flat on white. Because the
 vocabulary is closed, a caption can be parsed back into attributes and an image judged against
@@ -8,9 +8,10 @@ it exactly: `check_image` finds the objects by colour and measures their shape, 
 That makes text-to-image quality a number, not an impression.
 
 Defines: the vocabulary (COLOURS, SHAPES, SIZES, POSITIONS, RELATIONS, PREFIXES, HOLDOUT_PAIRS),
-caption_of, one_object_captions, scene_key and minimal_foils (the caption grammar), render,
-ShapesDataset
-(scene i is a pure function of seed and i), strip_prefix, parse_caption, find_objects,
+the named seeds (STREAMS),
+caption_of, one_object_captions, scene_key, minimal_foils and contrastive_targets (the caption
+grammar, and CLIP's hard negatives made from it), render, ShapesDataset (scene i is a pure
+function of seed, stream and i), strip_prefix, parse_caption, is_shapes_caption, find_objects,
 check_image, check_images, shape_judgements and attribute_entropy (the checker).
 Run `python shapes.py` to draw a grid of scenes with their captions and score the checker on
 1,000 rendered scenes.
@@ -39,6 +40,9 @@ POSITIONS = {  # position phrase -> anchor centre
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 PREFIXES = ("", "a picture of ", "an image of ", "a drawing of ")
 HOLDOUT_PAIRS = {("green", "triangle"), ("purple", "circle"), ("orange", "square")}
+# The named seeds: training draws scenes from the "train" stream of --seed, settings are chosen
+# on its "dev" stream and figures reported on its "test" stream (ShapesDataset).
+STREAMS = ("train", "dev", "test")
 CANVAS, JITTER = 64, 3
 
 
@@ -128,6 +132,23 @@ def minimal_foils(caption):
     return foils
 
 
+def contrastive_targets(captions, hard_negatives):
+    """(foils, keys) for CLIP's loss on a batch (clip.CLIP.loss): what each caption describes
+    (scene_key: "a X below a Y" and "a Y above a X" are one scene, so neither is the other's
+    negative) and up to hard_negatives minimal foils of each two-object caption, drawn at random,
+    none describing an image of the batch. Other data's captions: no foils, the captions as keys."""
+    if not all(is_shapes_caption(c) for c in captions):
+        return (), None
+    keys = [scene_key(c) for c in captions]
+    foils, described = [], set(keys)
+    for caption, key in zip(captions, keys):
+        if hard_negatives and "relation" in parse_caption(key):
+            options = [f for f in minimal_foils(caption).values() if scene_key(f) not in described]
+            order = torch.randperm(len(options)).tolist()  # the step's seed: resume is exact
+            foils += [options[i] for i in order[:hard_negatives]]
+    return foils, keys
+
+
 def render(attributes, resolution=32):
     """Draw a scene: at 4x for anti-aliasing, box-filtered down; below 64 px from the 64 px image.
 
@@ -159,24 +180,32 @@ class ShapesDataset(torch.utils.data.Dataset):
     split: None (all colour-shape pairs), "train" (never a HOLDOUT_PAIRS pair) or "holdout" (at
     least one). prefixes=True puts one of PREFIXES (uniformly) before the caption, for training.
     objects=1 or 2 keeps only scenes with that many objects (a filtered view of the spec's mix).
+    stream: "train", "dev" or "test" (STREAMS), three independent draws for one seed: no
+    development or test scene is a training scene, whatever the seed.
     """
 
-    def __init__(self, n, resolution=32, seed=0, split=None, prefixes=False, objects=None):
+    def __init__(self, n, resolution=32, seed=0, split=None, prefixes=False, objects=None,
+                 stream="train"):
         if split not in (None, "train", "holdout"):
             raise ValueError(f"split must be None, 'train' or 'holdout', got {split!r}")
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"shapes resolution must be a power of two >= 8, got {resolution}")
         if objects not in (None, 1, 2):
             raise ValueError(f"objects must be None (both), 1 or 2, got {objects!r}")
         self.n, self.resolution, self.seed, self.split, self.prefixes, self.objects = (
             n, resolution, seed, split, prefixes, objects)
+        self.stream = stream
 
     def __len__(self):
         return self.n
 
     def attributes(self, i):
-        # A generator of its own, seeded from (seed, i): never the global random state.
-        rng = np.random.default_rng([self.seed, i, 0 if self.split is None else len(self.split)])
+        # A generator of its own, seeded from (seed, i, split, stream): never the global random
+        # state. (numpy pads a key with zeros, so the "train" stream's key is [seed, i, split].)
+        split = 0 if self.split is None else len(self.split)
+        rng = np.random.default_rng([self.seed, i, split, STREAMS.index(self.stream)])
         while True:  # rejection keeps the distribution within the split uniform
             scene = _random_scene(rng)
             count_ok = self.objects in (None, len(scene["objects"]))
@@ -224,6 +253,15 @@ def parse_caption(caption):
         if words.endswith(" " + position):
             return {"objects": [obj(words[: -len(position) - 1])], "position": position}
     raise ValueError(f"not a shapes caption: {caption!r} (no position or relation phrase)")
+
+
+def is_shapes_caption(caption):
+    """Whether the checker can read a caption: true of shapes captions, false of other data's."""
+    try:
+        parse_caption(caption)
+    except ValueError:
+        return False
+    return True
 
 
 def find_objects(image):

@@ -14,14 +14,35 @@ images, with no caption at all (section 3):
   - interpolations (Fig. 4): slerp between two images' z_i, decoding each with the same noise;
   - text diffs (Fig. 5): rotate an image's z_i towards the difference of two captions' z_t.
 
-Defines: unclip_sample (text -> images at every resolution), decode (image embeddings ->
-images), slerp, text_diff.
-Run `python unclip.py` after `python train.py` to draw a few prompts with the trained cascade.
+Defines: slerp, text_diff (the embedding operations); unclip_sample (text -> images at every
+resolution) and decode (image embeddings -> images), the cascade's two samplers; and the
+section 3 figures, each from loaded models: variations, interpolate, text_diff_images.
+Run `python unclip.py` after `python train.py` to draw a few prompts with the trained cascade;
+`python sample.py variations|interpolate|text-diff ...` draws the figures from image files.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
-from clip import normalise_embedding
+from clip import image_embeddings, normalise_embedding
+
+
+def slerp(a, b, theta):
+    """Spherical interpolation between (D,) vectors a and b at fractions theta (K,) -> (K, D),
+    on the sphere of their (common) norm."""
+    a_unit, b_unit = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    omega = torch.acos((a_unit @ b_unit).clamp(-1 + 1e-7, 1 - 1e-7))
+    theta = theta[:, None]
+    unit = (torch.sin((1 - theta) * omega) * a_unit + torch.sin(theta * omega) * b_unit) \
+        / torch.sin(omega)
+    return unit * a.norm()
+
+
+def text_diff(z_i, z_t_before, z_t_after, theta):
+    """unCLIP Fig. 5: rotate an image embedding z_i (D,) towards the normalised difference of two
+    captions' text embeddings, z_d = norm(z_t_after - z_t_before), by slerp at fractions theta."""
+    return slerp(z_i, normalise_embedding(z_t_after - z_t_before), theta)
 
 
 @torch.no_grad()
@@ -31,8 +52,8 @@ def unclip_sample(clip, prior, decoder, upsamplers, captions, prior_guidance=1.0
     (B, 3, r, r), then each upsampler's; the last is the final) and the image embeddings the
     prior chose (B, D). decoder_guidance, steps (the decoder's) and upsampler_steps None: each
     model's own (its config's). bf16: run the decoder and upsamplers in bfloat16 autocast
-    (twice as fast where the device computes bf16 natively; the same exact-match figures on
-    the development set, docs/results.md)."""
+    (twice as fast where the device computes bf16 natively, and as many scenes right:
+    docs/decisions.md)."""
     z_t, tokens = clip.encode_text(captions, return_tokens=True)
     z_t = normalise_embedding(z_t)
     z_i = prior.sample(z_t, tokens, prior_guidance)
@@ -61,21 +82,46 @@ def decode(clip, decoder, upsamplers, z_i, decoder_guidance=None, steps=None,
     return images
 
 
-def slerp(a, b, theta):
-    """Spherical interpolation between (D,) vectors a and b at fractions theta (K,) -> (K, D),
-    on the sphere of their (common) norm."""
-    a_unit, b_unit = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    omega = torch.acos((a_unit @ b_unit).clamp(-1 + 1e-7, 1 - 1e-7))
-    theta = theta[:, None]
-    unit = (torch.sin((1 - theta) * omega) * a_unit + torch.sin(theta * omega) * b_unit) \
-        / torch.sin(omega)
-    return unit * a.norm()
+# ----------------------------------------------------------------------------------------------
+# Section 3's figures. Each takes images (3, R, R) in [-1, 1] at CLIP's resolution and returns the
+# final images (n, 3, R', R'); decoder_guidance, steps and upsampler_steps as in decode.
+
+def image_embedding(clip, image):
+    """An image (3, R, R) -> its CLIP image embedding z_i (D,), on normalise_embedding's scale."""
+    return image_embeddings(clip, image[None])[0] * math.sqrt(clip.cfg.embed_dim)
 
 
-def text_diff(z_i, z_t_before, z_t_after, theta):
-    """unCLIP Fig. 5: rotate an image embedding z_i (D,) towards the normalised difference of two
-    captions' text embeddings, z_d = norm(z_t_after - z_t_before), by slerp at fractions theta."""
-    return slerp(z_i, normalise_embedding(z_t_after - z_t_before), theta)
+@torch.no_grad()
+def variations(clip, decoder, upsamplers, image, n, decoder_guidance=None, steps=None,
+               upsampler_steps=None):
+    """Fig. 3: the image's z_i decoded n times, each from its own x_T. The paper also adds noise
+    at every DDIM step (eta > 0); here the starting noise alone makes the images differ."""
+    z_i = image_embedding(clip, image).expand(n, -1)                       # (D,) -> (n, D)
+    return decode(clip, decoder, upsamplers, z_i, decoder_guidance, steps, upsampler_steps)
+
+
+@torch.no_grad()
+def interpolate(clip, decoder, upsamplers, image_a, image_b, n, decoder_guidance=None,
+                steps=None, upsampler_steps=None):
+    """Fig. 4: n embeddings on the slerp from image_a's z_i to image_b's, decoded from one x_T so
+    that only the embedding changes along the row."""
+    a, b = image_embedding(clip, image_a), image_embedding(clip, image_b)
+    z_i = slerp(a, b, torch.linspace(0, 1, n, device=a.device))
+    return decode(clip, decoder, upsamplers, z_i, decoder_guidance, steps, upsampler_steps,
+                  same_noise=True)
+
+
+@torch.no_grad()
+def text_diff_images(clip, decoder, upsamplers, image, before, after, n, decoder_guidance=None,
+                     steps=None, upsampler_steps=None):
+    """Fig. 5: the image's z_i turned towards the text diff from caption `before` to `after`, at
+    n angles theta from 0 to 0.5, the top of the paper's range for Fig. 5 (0.25 to 0.50), so the
+    row starts at the image itself; decoded from one x_T."""
+    z_t = normalise_embedding(clip.encode_text([before, after]))                   # (2, D)
+    z_i = image_embedding(clip, image)
+    z_i = text_diff(z_i, z_t[0], z_t[1], torch.linspace(0, 0.5, n, device=z_i.device))
+    return decode(clip, decoder, upsamplers, z_i, decoder_guidance, steps, upsampler_steps,
+                  same_noise=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Diffusion upsamplers: a small image in, a larger one out (unCLIP section 2.1; GLIDE section 3).
 
-An upsampler is diffusion.py's U-Net with the low-resolution image, resized to the output size,
+An upsampler is unet.py's U-Net with the low-resolution image, resized to the output size,
 concatenated to its noisy input: it models p(x_high | x_low). The paper's cascade is a 64 px
-decoder followed by 64 -> 256 and 256 -> 1024 upsamplers; here it is 32 -> 64 on a CPU.
+decoder followed by 64 -> 256 and 256 -> 1024 upsamplers; here a 32 px decoder is followed by a
+32 -> 64 upsampler (the main job's `upsampler`) and, optionally, a 64 -> 128 one with the harsher
+corruption and one U-Net level more (`upsampler2`).
 
 Three choices make upsamplers cheap and robust, and the paper makes all three:
   - Convolutions only, no attention: nothing then depends on the image size, so the model
@@ -16,9 +18,7 @@ One choice is ours, not the paper's: the diffusion generates the residual x - bi
 rather than x (as residual super-resolution models such as SRDiff do): it need only learn what
 bilinear resizing misses, and a small error in that is a small error in the image. And since
 that residual is zero but at the edges, sampling starts at a low noise level (t = 30 of 1,000)
-from x_t ~ N(0, 1 - abar_t), not from pure noise: on the development set, starting from t = 999
-left ragged edges (exact match 0.82 on clean inputs, every miss a shape; bilinear 1.00), from
-t = 30 0.99, with a 14% lower MSE than bilinear (docs/results.md).
+from x_t ~ N(0, 1 - abar_t), not from pure noise, from which the few steps leave ragged edges.
 
 An upsampler knows nothing of CLIP or captions: unclip.py puts it after the decoder.
 
@@ -33,28 +33,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import UNet, UNetConfig, make_diffusion
+from diffusion import DiffusionConfig, make_diffusion
+from unet import UNet, UNetConfig
 
 
 @dataclass
-class UpsamplerConfig(UNetConfig):
+class UpsamplerConfig(DiffusionConfig, UNetConfig):
     resolution: int = 64              # output size
     low_resolution: int = 32          # input size
     in_channels: int = 6              # the noisy image and the resized low-resolution one
     attention_resolutions: tuple = ()  # convolution only: see above
     dropout: float = 0.0
-    timesteps: int = 1000
-    schedule: str = "cosine"
-    prediction: str = "v"
-    clip_x0: str = "clip"
-    min_snr_gamma: float = 0.0        # > 0: cap the loss weight at it (diffusion.py)
-    min_snr_offset: float = 1.0       # v only: the capped weight is min(SNR + offset, gamma)
     degradation: str = "blur"         # "blur" (first upsampler) or "harsh" (second)
     blur_sigma: tuple = (0.4, 1.0)    # range of the blur's standard deviation, in input pixels
     crop: float = 0.5                 # training crops: this fraction of the side
-    residual: bool = True             # diffuse x - bilinear(low), not x: see Upsampler.loss
-    sample_start: int = 30            # with residual, sampling starts at this t: see sample
-    sample_steps: int = 5             # DDIM steps from there; 10 -> 5: the same MSE (dev set)
+    sample_start: int = 30            # sampling starts at this t: see sample
+    sample_steps: int = 5             # DDIM steps from there: more give no lower MSE
 
 
 def gaussian_blur(x, sigma):
@@ -108,27 +102,27 @@ class Upsampler(nn.Module):
         corners = torch.randint(0, self.cfg.resolution - side + 1, (len(x0), 2)).tolist()
         x0 = torch.stack([x[:, i:i + side, j:j + side] for x, (i, j) in zip(x0, corners)])
         cond = torch.stack([c[:, i:i + side, j:j + side] for c, (i, j) in zip(cond, corners)])
-        # With residual, the model generates only what bilinear resizing lacks (sharp edges):
-        # a signal that is zero almost everywhere on flat-coloured scenes.
-        target = x0 - cond if self.cfg.residual else x0
+        # The model generates only what bilinear resizing lacks (sharp edges): a signal that is
+        # zero almost everywhere on flat-coloured scenes.
         loss = self.diffusion.training_loss(lambda x, t: self.unet(torch.cat([x, cond], 1), t),
-                                            target)
+                                            x0 - cond)
         return loss, {"mse": loss.item()}
 
     @torch.no_grad()
-    def sample(self, low, steps=None, eta=0.0, noise=None):
-        """(B, 3, r, r) in [-1, 1] -> (B, 3, R, R): DDIM over `steps` (None: the config's), the
-        condition used as it is (no corruption). noise (B, 3, R, R) fixes x_T."""
+    def sample(self, low, steps=None, noise=None):
+        """(B, 3, r, r) in [-1, 1] -> (B, 3, R, R): DDIM over `steps` (None: the config's; at most
+        one a timestep), the condition used as it is (no corruption). noise (B, 3, R, R), drawn
+        from N(0, I), fixes x_start."""
         cond = self.condition(low)
         noise = torch.randn_like(cond) if noise is None else noise
-        start, steps = None, steps or self.cfg.sample_steps
-        if self.cfg.residual:  # the residual is ~0 but at edges: x_start ~ N(0, 1 - abar_start)
-            start = min(self.cfg.sample_start, self.diffusion.num_timesteps - 1)
-            noise = noise * (1 - self.diffusion.alphas_cumprod[start]).sqrt()
+        # The residual is ~0 but at edges: start from x_start ~ N(0, 1 - abar_start).
+        start = min(self.cfg.sample_start, self.diffusion.num_timesteps - 1)
+        noise = noise * (1 - self.diffusion.alphas_cumprod[start]).sqrt()
+        steps = min(steps or self.cfg.sample_steps, start + 1)
         x = self.diffusion.ddim_sample_loop(lambda x, t: self.unet(torch.cat([x, cond], 1), t),
-                                            cond.shape, min(steps, (start or steps) + 1), eta,
-                                            low.device, noise=noise, start=start)
-        return (cond + x if self.cfg.residual else x).clamp(-1, 1)
+                                            cond.shape, steps, device=low.device, noise=noise,
+                                            start=start)
+        return (cond + x).clamp(-1, 1)
 
 
 if __name__ == "__main__":

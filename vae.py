@@ -2,7 +2,7 @@
 
 An auto-encoder squeezes an image x through a low-dimensional code z = enc(x) and rebuilds it,
 x_hat = dec(z); the bottleneck forces it to keep what matters. A denoising AE (Vincent et al.
-2008) rebuilds x from a corrupted copy (Gaussian noise or masked pixels), which makes the code
+2008) rebuilds x from a corrupted copy (here, with Gaussian noise added), which makes the code
 robust. The VAE (Kingma & Welling 2013, arXiv 1312.6114) makes the code a distribution
 q(z | x) = N(mu, diag sigma^2), samples it with the reparameterisation trick, and maximises the
 evidence lower bound (their eq. 3):
@@ -32,9 +32,7 @@ class VAEConfig:
     resolution: int = 32
     channels: int = 32           # width after the first downsampling; doubles at each after
     latent_dim: int = 32         # the bottleneck
-    corruption: str = "gaussian"  # DAE only: "gaussian" (add noise) or "mask" (zero out pixels)
-    noise_std: float = 0.4       # DAE "gaussian": std of the added noise, on the [-1, 1] scale
-    mask_prob: float = 0.5       # DAE "mask": share of 4x4 patches blanked out
+    noise_std: float = 0.4       # DAE only: std of the noise added, on the [-1, 1] scale
     kl_weight: float = 1.0       # 1 is the ELBO; other values give a beta-VAE
 
 
@@ -120,14 +118,8 @@ class AutoEncoder(nn.Module):
         self.decoder = Decoder(cfg, 6 if cfg.kind == "vae" else 3)
 
     def corrupt(self, x):
-        """The DAE's input: x plus Gaussian noise, or x with random 4x4 patches set to zero."""
-        if self.cfg.corruption == "gaussian":
-            return x + self.cfg.noise_std * torch.randn_like(x)
-        if self.cfg.corruption == "mask":
-            keep = torch.rand(len(x), 1, x.shape[2] // 4, x.shape[3] // 4, device=x.device)
-            keep = (keep >= self.cfg.mask_prob).float()
-            return x * F.interpolate(keep, scale_factor=4, mode="nearest")
-        raise ValueError(f"corruption must be 'gaussian' or 'mask', got {self.cfg.corruption!r}")
+        """The DAE's input: x plus Gaussian noise."""
+        return x + self.cfg.noise_std * torch.randn_like(x)
 
     def encode(self, x):
         """(B, 3, R, R) -> the code: z for AE/DAE, the posterior mean for the VAE."""
@@ -191,7 +183,7 @@ if __name__ == "__main__":
         loss, figures = model.loss(x)
         opt.zero_grad()
         loss.backward()
-        # As train.py does: without it, this demo's loss turned NaN between steps 200 and 300.
+        # As train.py does: unclipped, this demo's loss turns NaN within a few hundred steps.
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 100 == 0:

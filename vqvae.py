@@ -46,7 +46,7 @@ class VQVAEConfig:
     num_codes: int = 128           # K, the codebook size
     downsample: int = 4            # each latent vector stands for a 4x4 patch
     commitment_cost: float = 0.25  # beta
-    ema_decay: float = 0.0         # 0: learn codes by the codebook loss; e.g. 0.99: EMA updates
+    codebook_decay: float = 0.0    # 0: learn codes by the codebook loss; e.g. 0.99: EMA updates
     restart_dead_codes: bool = True
 
 
@@ -76,7 +76,7 @@ class VectorQuantizer(nn.Module):
         self.cfg = cfg
         self.codebook = nn.Parameter(torch.randn(cfg.num_codes, cfg.embedding_dim)
                                      / cfg.embedding_dim)
-        self.codebook.requires_grad_(cfg.ema_decay == 0)
+        self.codebook.requires_grad_(cfg.codebook_decay == 0)
         # Running statistics: the EMA cluster sizes and sums, and usage to find dead codes.
         self.register_buffer("ema_count", torch.ones(cfg.num_codes))
         self.register_buffer("ema_sum", self.codebook.detach().clone())
@@ -95,7 +95,8 @@ class VectorQuantizer(nn.Module):
         codes = self.nearest(flat)                                     # (B*h*w,)
         z_q = self.codebook[codes].view(b, h, w, d).permute(0, 3, 1, 2)  # (B, D, h, w)
         commitment = F.mse_loss(z_e, z_q.detach())
-        codebook = F.mse_loss(z_q, z_e.detach()) if self.cfg.ema_decay == 0 else z_e.new_zeros(())
+        codebook = (F.mse_loss(z_q, z_e.detach()) if self.cfg.codebook_decay == 0
+                    else z_e.new_zeros(()))
         one_hot = F.one_hot(codes, self.cfg.num_codes).type_as(flat)   # (N, K)
         if self.training:
             self.update(flat, one_hot)
@@ -110,7 +111,7 @@ class VectorQuantizer(nn.Module):
         if not self.initialised:  # start the codes on encoder outputs, not far from all of them
             self.restart(torch.ones_like(self.usage, dtype=torch.bool), flat)
             self.initialised.fill_(True)
-        decay = self.cfg.ema_decay
+        decay = self.cfg.codebook_decay
         if decay > 0:
             self.ema_count.mul_(decay).add_(one_hot.sum(0), alpha=1 - decay)
             self.ema_sum.mul_(decay).add_(one_hot.T @ flat, alpha=1 - decay)

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data as datasets  # noqa: E402
 import shapes  # noqa: E402
 from checkpoint import load_unclip  # noqa: E402
-from clip import normalise_embedding  # noqa: E402
+from clip import clip_embeddings, normalise_embedding  # noqa: E402
 
 
 def score(images, captions):
@@ -54,14 +54,13 @@ def decode(decoder, z_i, tokens, args, seed=0):
 
 
 def conditioning_ablation(args, clip_model, prior, decoder, ar_prior):
-    scenes = [datasets.shapes_data(args.n, clip_model.cfg.resolution, seed=1, split="train",
-                                   prefixes=False, objects=objects) for objects in (1, 2)]
+    scenes = [datasets.shapes_data(args.n, clip_model.cfg.resolution, seed=0, split="train",
+                                   prefixes=False, objects=objects, stream="test")
+              for objects in (1, 2)]
     prompts = [c[0] for s in scenes for c in s.captions]
     images = torch.cat([s.batch(torch.arange(args.n))[0] for s in scenes])
     with torch.no_grad():
-        z_t, tokens = clip_model.encode_text(prompts, return_tokens=True)
-        z_image = normalise_embedding(clip_model.encode_image(images))
-    z_t = normalise_embedding(z_t)
+        z_image, z_t, tokens = clip_embeddings(clip_model, images, prompts)
     torch.manual_seed(0)
     conditions = {"caption only (GLIDE-like)": torch.zeros_like(z_t),
                   "caption + text embedding (no prior)": z_t,
@@ -84,11 +83,10 @@ def conditioning_ablation(args, clip_model, prior, decoder, ar_prior):
 
 def pca_reconstructions(args, clip_model, decoder, ks=(1, 2, 4, 8, 16, 32, 64), n=64):
     train = datasets.shapes_data(5000, clip_model.cfg.resolution, seed=0, split="train")
-    test = datasets.shapes_data(n, clip_model.cfg.resolution, seed=1, split="train",
-                                prefixes=False)
-    with torch.no_grad():
-        z_train = normalise_embedding(clip_model.encode_image(train.batch(torch.arange(5000))[0]))
-        z = normalise_embedding(clip_model.encode_image(test.batch(torch.arange(n))[0]))
+    test = datasets.shapes_data(n, clip_model.cfg.resolution, seed=0, split="train",
+                                prefixes=False, stream="test")
+    z_train = clip_embeddings(clip_model, *train.batch(torch.arange(5000))[:2])[0]
+    z = clip_embeddings(clip_model, *test.batch(torch.arange(n))[:2])[0]
     mean = z_train.mean(0)
     components = torch.linalg.svd(z_train - mean, full_matrices=False)[2]    # (D, D), rows
     captions = [c[0] for c in test.captions]

@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import data as datasets  # noqa: E402
 from checkpoint import load_checkpoint, load_unclip  # noqa: E402
 from clip import clip_embeddings  # noqa: E402
-from evaluate import clip_features, clip_score, feature_statistics, frechet_distance  # noqa: E402
+from clip import image_embeddings  # noqa: E402
+from evaluate import clip_score, feature_statistics, frechet_distance  # noqa: E402
 
 
 @torch.no_grad()
@@ -39,23 +40,24 @@ def main():
     parser.add_argument("--n", type=int, default=200, help="held-out images (the main job's 200)")
     args = parser.parse_args()
     clip_model, _, decoder, upsamplers = load_unclip(args.models)
-    spec = load_checkpoint(os.path.join(args.models, "decoder.pt"), "decoder")["run"]["data"]
+    state = load_checkpoint(os.path.join(args.models, "decoder.pt"), "decoder")
+    spec, seed = state["run"]["data"], state["seed"]
     final = upsamplers[-1].cfg.resolution if upsamplers else decoder.cfg.resolution
-    test = datasets.load_data(spec, final, args.n, 1, "test")  # evaluate_unclip's images
-    real, captions = test.images[:args.n] / 127.5 - 1, [c[0] for c in test.captions[:args.n]]
-    other = datasets.load_data(spec, final, args.n, 1, "train").images[:args.n] / 127.5 - 1
-    real_statistics = feature_statistics(clip_features(clip_model, real))
+    test = datasets.load_data(spec, final, args.n, seed, "test")  # evaluate_unclip's images
+    real, captions = test.batch(torch.arange(args.n))[0], [c[0] for c in test.captions[:args.n]]
+    other = datasets.load_data(spec, final, args.n, seed, "train").images[:args.n]
+    real_statistics = feature_statistics(image_embeddings(clip_model, real).cpu())
 
     def clip_fid(images):
         return frechet_distance(*real_statistics,
-                                *feature_statistics(clip_features(clip_model, images)))
+                                *feature_statistics(image_embeddings(clip_model, images).cpu()))
 
     low = F.interpolate(real, size=decoder.cfg.resolution, mode="area")
     z_i, _, tokens = clip_embeddings(clip_model, low, captions)
     torch.manual_seed(0)
-    decoded = decoder.sample(z_i, tokens, 3.0, 25)          # the main job's sampling settings
+    decoded = decoder.sample(z_i, tokens)                   # each model's own sampling settings
     for upsampler in upsamplers:
-        decoded = upsampler.sample(decoded, 10)
+        decoded = upsampler.sample(decoded)
     figures = dict(
         clip_fid_other_real_images=clip_fid(other),
         clip_fid_real_through_decoder_resolution=clip_fid(

@@ -8,10 +8,12 @@ downloaded: pass the file you have.
 
     python bench/fid.py --inception pt_inception-2015-12-05-6726825d.pth --models out
 
-prints, per decoder guidance scale, FID and CLIP-FID of unCLIP's samples against held-out shapes
-scenes (evaluate.guidance_sweep) and writes docs/clip_fid.json.
+prints, per decoder guidance scale, FID and CLIP-FID of unCLIP's samples against shapes scenes of
+the test stream (guidance_sweep) and writes docs/clip_fid.json; without --inception, CLIP-FID
+alone.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -20,7 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import checkpoint  # noqa: E402
+import data  # noqa: E402
 import evaluate  # noqa: E402
+import shapes  # noqa: E402
+from clip import image_embeddings  # noqa: E402
+from unclip import unclip_sample  # noqa: E402
 
 
 # Inception-v3, as FID defines it. Attribute names follow the weights file's keys
@@ -174,12 +181,55 @@ def inception_features(model, images, chunk=50):
     return torch.cat([model.features(x.to(device).float()).cpu() for x in images.split(chunk)])
 
 
-if __name__ == "__main__":
+def guidance_sweep(models, seed, n=300, scales=(1.0, 2.0, 3.0, 5.0), more_features=None):
+    """unCLIP's samples for the prompts of n test scenes, per decoder guidance scale: CLIP-FID
+    against n other test scenes, and exact match. more_features: {name: function from images to
+    (N, D) features} adds a Frechet distance in those features (FID's Inception)."""
+    clip_model, prior, decoder, _ = checkpoint.load_unclip(models)
+    test = data.shapes_data(2 * n, decoder.cfg.resolution, seed, prefixes=False, stream="test")
+    real, prompts = test.batch(torch.arange(n))[0], [c[0] for c in test.captions[n:]]
+    features = dict(clip_fid=lambda x: image_embeddings(clip_model, x).cpu(),
+                    **(more_features or {}))
+    real_stats = {name: evaluate.feature_statistics(f(real)) for name, f in features.items()}
+    results = {}
+    for w in scales:
+        torch.manual_seed(0)
+        images = torch.cat([unclip_sample(clip_model, prior, decoder, [], prompts[i:i + 100],
+                                          decoder_guidance=w)[0][-1]
+                            for i in range(0, len(prompts), 100)])
+        results[w] = {name: evaluate.frechet_distance(*real_stats[name],
+                                                      *evaluate.feature_statistics(f(images)))
+                      for name, f in features.items()}
+        results[w]["exact"] = shapes.check_images(images, prompts)["exact"]
+        print(f"decoder guidance {w}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[w].items()),
+              flush=True)
+    return results
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description="FID and CLIP-FID against decoder guidance")
-    parser.add_argument("--inception", required=True, help="the FID Inception-v3 weights file")
-    args, rest = parser.parse_known_args()  # the rest are evaluate.py's flags
-    try:
+    parser.add_argument("--models", default="out")
+    parser.add_argument("--inception", help="the FID Inception-v3 weights (else CLIP-FID alone)")
+    parser.add_argument("--n", type=int, default=300, help="generated and real images")
+    parser.add_argument("--guidance", default="1,2,3,5", help="the decoder's guidance scales")
+    parser.add_argument("--out", default="docs")
+    args = parser.parse_args(argv)
+    more = {}
+    if args.inception:
         model = load_inception(args.inception)
-        evaluate.main(rest, more_features={"fid": lambda x: inception_features(model, x)})
+        more["fid"] = lambda x: inception_features(model, x)
+    seed = checkpoint.load_checkpoint(os.path.join(args.models, "decoder.pt"), "decoder")["seed"]
+    scales = [float(s) for s in args.guidance.split(",")]
+    results = guidance_sweep(args.models, seed, args.n, scales, more)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "clip_fid.json"), "w") as f:
+        json.dump({"command": " ".join(["python"] + sys.argv), "n": args.n,
+                   "label": "CLIP-FID (own features; not comparable to published FID)",
+                   "decoder_guidance": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

@@ -54,12 +54,12 @@ def main():
     results = {"classifier_free": {}, "classifier": {}, "samplers": {}}
     grids = []
     for w in [float(s) for s in args.cfg_scales.split(",")]:
-        results["classifier_free"][w], images = judge(model, y, 0, guidance_scale=w, steps=50)
+        results["classifier_free"][w], images = judge(model, y, 0, guidance_scale=w)
         grids.append(images[:: max(1, args.per_class // 4)][:12])  # 4 per class
         print("classifier-free", w, results["classifier_free"][w], flush=True)
     for s in [float(s) for s in args.classifier_scales.split(",")]:
         cond_fn = classifier_guidance(classifier, y, s)
-        results["classifier"][s], _ = judge(model, y, 0, steps=50, cond_fn=cond_fn)
+        results["classifier"][s], _ = judge(model, y, 0, cond_fn=cond_fn)
         print("classifier", s, results["classifier"][s], flush=True)
     small = y[:: max(1, args.per_class // 16)]  # fewer images for the 1000-step sampler
     for name, sampling in [("ddim-25", dict(steps=25)), ("ddim-50", dict(steps=50)),

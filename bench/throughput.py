@@ -34,9 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from checkpoint import CLIP_STAGES, build_model, clip_fields, stage_loss  # noqa: E402
 from clip import CLIPConfig  # noqa: E402
-from diffusion import UNet, UNetConfig  # noqa: E402
+from stages import MAIN_JOB, STAGES, build_model, clip_sizes, resolve_settings  # noqa: E402
+from unet import UNet, UNetConfig  # noqa: E402
 
 def matched_configs(channels):
     """Ours with four levels (32, 16, 8, 4 px), attention at 8 px, and the same in diffusers."""
@@ -122,17 +122,10 @@ def cpu_preset_times(models):
 
 
 def preset_settings(preset):
-    """{stage: (run, config)} of a GPU preset's stages, as `python train.py --print-settings`
-    resolves them: the main job's four stages, and the class-conditional DDPM on CIFAR-10."""
-    jobs = [["--preset", preset]] + ([["ddpm", "--preset", preset]] if "cifar10" in preset else [])
-    settings = {}
-    for job in jobs:
-        printed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *job,
-                                  "--print-settings"], capture_output=True, text=True, check=True)
-        for line in printed.stdout.splitlines():
-            row = json.loads(line)
-            settings[row["stage"]] = (row["run"], row["config"])
-    return settings
+    """{stage: (run, config)} of a GPU preset's stages: the main job's four stages, and the
+    class-conditional DDPM on CIFAR-10."""
+    names = MAIN_JOB + (("ddpm",) if "cifar10" in preset else ())
+    return {name: resolve_settings(name, preset) for name in names}
 
 
 def preset_estimates(preset, flops_per_second=100e12):
@@ -142,9 +135,8 @@ def preset_estimates(preset, flops_per_second=100e12):
     clip_cfg = CLIPConfig(**settings["clip"][1])
     rows = []
     for stage, (run, config) in settings.items():
-        config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-        if stage in CLIP_STAGES:
-            config.update(clip_fields(stage, clip_cfg))
+        if STAGES[stage].reads == "clip":
+            config.update(clip_sizes(stage, clip_cfg))
         if stage == "ddpm":
             config["num_classes"] = 10
         torch.manual_seed(0)
@@ -154,7 +146,7 @@ def preset_estimates(preset, flops_per_second=100e12):
         features = [torch.randn(1, clip_cfg.embed_dim), torch.randn(1, clip_cfg.embed_dim),
                     torch.randn(1, clip_cfg.context_length, clip_cfg.text_width)]
         with FlopCounterMode(display=False) as counter:
-            loss, _ = stage_loss(stage, model, images, ["a photo of a cat"], labels, features)
+            loss, _ = STAGES[stage].loss(model, images, ["a photo of a cat"], labels, features)
             loss.backward()
         per_image = counter.get_total_flops()
         hours = per_image * run["batch_size"] * run["steps"] / flops_per_second / 3600
@@ -170,14 +162,14 @@ def stage_speed(stage, run, config, tokenizer, precision, steps=5, warmup=2):
     from clip import CLIP, caption_vocabulary, clip_embeddings
     torch.manual_seed(0)
     data = datasets.shapes_data(2048, run["resolution"], 0, "train", prefixes=True)
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    if stage == "clip" or stage in CLIP_STAGES:
-        clip_cfg = dict(settings_of("clip")[1], tokenizer=tokenizer,
+    reads_clip = STAGES[stage].reads == "clip"
+    if stage == "clip" or reads_clip:
+        clip_cfg = dict(resolve_settings("clip")[1], tokenizer=tokenizer,
                         context_length=24 if tokenizer == "word" else 80,
                         vocabulary=caption_vocabulary(c[0] for c in data.captions))
         config = clip_cfg if stage == "clip" else config
         clip_model = CLIP(CLIPConfig(**clip_cfg)).eval()
-        config.update(clip_fields(stage, clip_model.cfg) if stage in CLIP_STAGES else {})
+        config.update(clip_sizes(stage, clip_model.cfg) if reads_clip else {})
     model = build_model(stage, config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -185,21 +177,13 @@ def stage_speed(stage, run, config, tokenizer, precision, steps=5, warmup=2):
         if i == warmup:
             tic = time.perf_counter()
         images, captions, labels = data.batch(torch.randint(len(data), (run["batch_size"],)))
-        features = clip_embeddings(clip_model, images, captions) if stage in CLIP_STAGES else None
+        features = clip_embeddings(clip_model, images, captions) if reads_clip else None
         with autocast:
-            loss, _ = stage_loss(stage, model, images, captions, labels, features)
+            loss, _ = STAGES[stage].loss(model, images, captions, labels, features)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return run["batch_size"] * steps / (time.perf_counter() - tic)
-
-
-def settings_of(stage):
-    """(run, config) of a stage of the CPU preset."""
-    printed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), stage,
-                              "--print-settings"], capture_output=True, text=True, check=True)
-    row = json.loads(printed.stdout)
-    return row["run"], row["config"]
 
 
 def main():
@@ -220,7 +204,7 @@ def main():
         print("| stage | caption tokens | fp32 | bf16 autocast |\n| --- | --- | --- | --- |")
         spawn = multiprocessing.get_context("spawn")
         for stage in ("clip", "prior", "decoder", "upsampler"):
-            run, config = settings_of(stage)
+            run, config = resolve_settings(stage)
             for tokenizer in ("byte", "word") if stage != "upsampler" else ("-",):
                 speeds = []
                 for precision in ("fp32", "bf16"):

@@ -118,7 +118,8 @@ def test_tokenizer_round_trip_and_padding():
     assert tokens.shape == (2, 32)
     assert tokens[0, 0] == tok.sot and tokens[0, 19] == tok.eot
     assert (tokens[0, 20:] == tok.pad).all()
-    assert tok.decode(tokens[0]) == "a small red circle" and tok.decode(tokens[1]) == "é"
+    assert tokens[0, 1:19].tolist() == list(b"a small red circle")
+    assert tokens[1, 1:3].tolist() == list("é".encode("utf-8")) and tokens[1, 3] == tok.eot
 
 
 def test_tokenizer_truncates_with_one_warning():
@@ -127,7 +128,7 @@ def test_tokenizer_truncates_with_one_warning():
         tokens = tok(["a large purple triangle", "a small green square"])
         tok(["another long caption"])
     assert len(caught) == 1  # not one per caption
-    assert tokens[0, -1] == tok.eot and tok.decode(tokens[0]) == "a large "
+    assert tokens[0, -1] == tok.eot and tokens[0, 1:9].tolist() == list(b"a large ")
 
 
 def test_tokenizer_fuzz_never_raises_and_keeps_its_shape():
@@ -142,8 +143,9 @@ def test_tokenizer_fuzz_never_raises_and_keeps_its_shape():
     assert tokens.shape == (500, 40) and tokens.min() >= 0 and tokens.max() < tok.vocab_size
     assert ((tokens == tok.eot).sum(1) == 1).all()      # one end token, always kept
     for t, row in zip(texts, tokens):
-        if len(t.encode("utf-8", errors="replace")) <= 38:
-            assert tok.decode(row) == t.encode("utf-8", errors="replace").decode("utf-8")
+        body = list(t.encode("utf-8", errors="replace"))
+        if len(body) <= 38:
+            assert row[1:len(body) + 2].tolist() == body + [tok.eot]
 
 
 def test_word_tokenizer_encodes_its_vocabulary_and_refuses_other_words():
@@ -152,7 +154,7 @@ def test_word_tokenizer_encodes_its_vocabulary_and_refuses_other_words():
     tok = clip.WordTokenizer(vocabulary, context_length=8)
     tokens = tok(["a blue circle", "red"])
     assert tokens[0].tolist() == [tok.sot, 0, 2, 3, tok.eot] + [tok.pad] * 3
-    assert tok.decode(tokens[0]) == "a blue circle" and tok.vocab_size == len(vocabulary) + 3
+    assert tok.vocab_size == len(vocabulary) + 3
     with pytest.raises(ValueError, match="'pink' is not one of the 8 words"):
         tok(["a pink circle"])
     with pytest.raises(ValueError, match="needs its vocabulary"):
@@ -189,21 +191,3 @@ def test_same_descriptions_share_the_target_and_foils_are_image_to_text_negative
     plain = (torch.nn.functional.cross_entropy(logits[:, :3], torch.arange(3))
              + torch.nn.functional.cross_entropy(logits[:, :3].T, torch.arange(3))) / 2
     assert abs(clip.contrastive_loss(logits[:, :3]).item() - plain.item()) < 1e-6
-
-
-def test_clip_targets_key_captions_by_scene_and_add_foils_true_of_no_image_in_the_batch():
-    from checkpoint import clip_targets
-    torch.manual_seed(0)
-    captions = ["a picture of a small red circle on the left", "a small red circle on the left",
-                "a large blue square above a small green circle",
-                "a small green circle below a large blue square",   # the scene before, reworded
-                "a small green circle above a large blue square"]   # its objects trading places
-    foils, keys = clip_targets(captions, hard_negatives=4)
-    assert keys[0] == keys[1] == "a small red circle on the left" and keys[2] == keys[3]
-    # Of each two-object caption's four foils, relation reversed and trading places describe
-    # the scene of another image in the batch: left out. Trading colours and shapes remain.
-    assert len(foils) == 3 * 2
-    assert {shapes.scene_key(f) for f in foils}.isdisjoint(keys)
-    assert "a large green square above a small blue circle" in foils  # captions[2], colours
-    assert len(clip_targets(captions, hard_negatives=1)[0]) == 3
-    assert clip_targets(["a photo of a cat", "a dog"], 2) == ((), None)  # not shapes: as before

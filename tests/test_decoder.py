@@ -5,7 +5,7 @@ import torch
 from decoder import Decoder, DecoderConfig
 
 TINY = dict(resolution=16, channels=16, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(8,), num_heads=2, embedding_dim=8, text_width=4,
+            attention_resolutions=(8,), num_heads=2, embed_dim=8, text_width=4,
             context_dim=16, timesteps=50, dropout=0.0)
 
 

@@ -2,6 +2,8 @@
 binding probe on hand-built CLIPs whose answers are known; the cascade's figures."""
 import json
 import math
+import os
+import sys
 
 import torch
 
@@ -58,13 +60,13 @@ def test_covariances_that_do_not_commute_match_the_eigenvalues_of_their_product(
 def test_the_cascade_is_scored_on_its_own_prompts(cascade, tmp_path, monkeypatch):
     # With a "cascade" that draws each held-out prompt's true scene, the main job's score must be
     # the checker's on ground truth (>= 0.97); with the pictures shifted by one prompt, near 0.
-    scenes = {res: torch.cat([evaluate.held_out_scenes(8, res)[0],
-                              evaluate.held_out_scenes(4, res, split="holdout")[0]])
+    scenes = {res: torch.cat([evaluate.held_out_scenes(8, res, seed=0)[0],
+                              evaluate.held_out_scenes(4, res, seed=0, split="holdout")[0]])
               for res in (32, 64)}
     for shift, low, high in [(0, 0.97, 1.0), (1, 0.0, 0.3)]:
         monkeypatch.setattr(evaluate, "unclip_sample", lambda *args, **kwargs: (
             [scenes[32].roll(shift, 0), scenes[64].roll(shift, 0)], None))
-        figures = evaluate.evaluate_unclip(str(cascade), "cpu", n=8, holdout=4)
+        figures = evaluate.evaluate_unclip(str(cascade), "cpu", 0, n=8, holdout=4)
         for key in ("exact_one_32px", "exact_two_32px", "exact_one_64px", "exact_two_64px",
                     "holdout_exact_one_64px", "holdout_exact_two_64px", "two_relation"):
             assert low <= figures[key] <= high, (shift, key, figures)
@@ -164,10 +166,10 @@ def test_leading_object_is_the_left_or_upper_one_whichever_is_named_first():
 
 
 def test_binding_probe_reads_a_bound_embedding_and_not_a_bag_of_attributes():
-    bound = evaluate.binding_probe(_HandBuiltCLIP(bound=True), n=100, n_fit=200, seed=5, fit_seed=6)
+    bound = evaluate.binding_probe(_HandBuiltCLIP(bound=True), n=100, n_fit=200, seed=5)
     assert bound == {"colour": 1.0, "shape": 1.0}
     # A bag of attributes knows the two colours but not which is on the left: about half.
-    bag = evaluate.binding_probe(_HandBuiltCLIP(bound=False), n=100, n_fit=200, seed=5, fit_seed=6)
+    bag = evaluate.binding_probe(_HandBuiltCLIP(bound=False), n=100, n_fit=200, seed=5)
     assert 0.3 < bag["colour"] < 0.65 and bag["shape"] < 0.8, bag
 
 
@@ -178,6 +180,9 @@ def test_zero_shot_accuracy_reads_the_class_names_in_every_template():
     import data
 
     class Stub:
+        cfg = type("cfg", (), {"resolution": 4})
+        logit_scale = torch.zeros(())
+
         def encode_text(self, texts):
             return torch.tensor([[1.0, 0.0] if "an orange" in t else [0.0, 1.0] for t in texts])
 
@@ -235,3 +240,19 @@ def test_class_conditional_quality_scores_the_requested_classes(tmp_path):
     assert figures["w1_accuracy"] == 1.0 and figures["w0_accuracy"] == 0.5
     floor = figures["real_train_vs_test_fd"]
     assert figures["w1_fd"] < 3 * floor < 100 * floor < figures["w0_fd"], figures
+
+
+def test_development_set_script_scores_the_dev_stream_not_the_test_stream(cascade, capsys,
+                                                                          monkeypatch):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import dev_eval
+    drawn, sample = [], dev_eval.unclip_sample
+    monkeypatch.setattr(dev_eval, "unclip_sample",
+                        lambda *args, **kwargs: drawn.append(args[4]) or sample(*args, **kwargs))
+    dev_eval.main(["--models", str(cascade), "--n", "2", "--decoder-steps", "2",
+                   "--upsampler-steps", "1"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("development set: seed 0's dev stream, n = 2 + 2")
+    assert [line.split(":")[0] for line in printed[1:]] == ["32 px", "64 px"]
+    assert drawn == [evaluate.held_out_prompts(2, seed=0, stream="dev")]
+    assert drawn[0] != evaluate.held_out_prompts(2, seed=0)  # the test stream's

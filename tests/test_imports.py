@@ -11,12 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A module may import, at its top, only modules on a lower rung. Its demo (the block under
 # `if __name__ == "__main__":`) runs it as a script and may also use data.py to draw data.
 RUNGS = {
-    "shapes": 0, "vae": 0, "vqvae": 0, "diffusion": 0, "clip": 0,  # each stands alone
-    "data": 1, "prior": 1, "decoder": 1, "upsample": 1,
-    "unclip": 2,
-    "checkpoint": 3,
-    "evaluate": 4,
-    "train": 5, "sample": 5,
+    "shapes": 0, "vae": 0, "vqvae": 0, "unet": 0, "clip": 0,  # each stands alone
+    "diffusion": 1, "data": 1,
+    "prior": 2, "decoder": 2, "upsample": 2,
+    "unclip": 3, "stages": 3,
+    "checkpoint": 4,
+    "evaluate": 5,
+    "train": 6, "sample": 6,
 }
 ENTRY_POINTS = ("train", "sample")
 

@@ -127,9 +127,9 @@ def test_variations_interpolations_and_text_diffs(cascade, tmp_path):
     (["variations", "MISSING.png"], "no image at"),
     (["variations", "NOT_AN_IMAGE"], "is not an image"),
     (["unclip"], "give a prompt or --prompts FILE"),
-    # the spellings before subcommands point to the new ones
-    (["a small red circle"], 'python sample.py unclip "a small red circle"'),
-    (["--variations", "MISSING.png"], "python sample.py variations"),
+    # argparse's own errors, one line each: the job comes first, and its arguments
+    (["a small red circle"], "invalid choice: 'a small red circle' (choose from 'unclip'"),
+    (["variations"], "required: image (python sample.py variations --help)"),
 ])
 def test_bad_unclip_input_is_one_line(cascade, tmp_path, argv, message, capsys):
     (tmp_path / "notes.png").write_text("not a picture")
@@ -182,7 +182,7 @@ def _break_by_stage(state, path):
 @pytest.mark.parametrize("damage,message", [
     (_break_by_truncating, "is truncated or not a checkpoint of this project"),
     (_break_by_format, "is not a unclip-from-scratch/1 checkpoint"),
-    (_break_by_config, "checkpoint weights do not match its config"),
+    (_break_by_config, "config or weights do not fit this code"),
     (_break_by_stage, "holds a 'prior' model, not 'decoder'"),
 ])
 def test_damaged_checkpoints_are_one_line(cascade, tmp_path, damage, message, capsys):

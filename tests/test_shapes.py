@@ -174,3 +174,20 @@ def test_minimal_foils_each_make_the_one_edit_they_name():
     assert 60 < same_shape < 140  # a third of the pairs share a shape
     with pytest.raises(ValueError, match="not a shapes caption"):
         shapes.minimal_foils("a red circle")
+
+
+def test_contrastive_targets_key_captions_by_scene_and_add_foils_true_of_no_image_in_the_batch():
+    torch.manual_seed(0)
+    captions = ["a picture of a small red circle on the left", "a small red circle on the left",
+                "a large blue square above a small green circle",
+                "a small green circle below a large blue square",   # the scene before, reworded
+                "a small green circle above a large blue square"]   # its objects trading places
+    foils, keys = shapes.contrastive_targets(captions, hard_negatives=4)
+    assert keys[0] == keys[1] == "a small red circle on the left" and keys[2] == keys[3]
+    # Of each two-object caption's four foils, relation reversed and trading places describe
+    # the scene of another image in the batch: left out. Trading colours and shapes remain.
+    assert len(foils) == 3 * 2
+    assert {shapes.scene_key(f) for f in foils}.isdisjoint(keys)
+    assert "a large green square above a small blue circle" in foils  # captions[2], colours
+    assert len(shapes.contrastive_targets(captions, hard_negatives=1)[0]) == 3
+    assert shapes.contrastive_targets(["a photo of a cat", "a dog"], 2) == ((), None)  # not shapes

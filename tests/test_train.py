@@ -1,4 +1,5 @@
 """train.py: exact resume, atomic checkpoints, loads that explain, one-line errors."""
+import dataclasses
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 import checkpoint
+import stages
 import train
+from stages import RUN_DEFAULTS, STAGES
 
 TINY = dict(resolution=16, n_train=64, batch_size=8, warmup=2, checkpoint_every=3)
 TINY_RUN = ["--steps", "1", "--n_train=16", "--resolution", "16", "--channels=8", "--no-eval",
@@ -18,7 +21,7 @@ TINY_RUN = ["--steps", "1", "--n_train=16", "--resolution", "16", "--channels=8"
 
 
 def _run(stage, out, steps, resume=False, **config):
-    run = dict(train.RUN_DEFAULTS, **TINY, steps=steps)
+    run = dict(RUN_DEFAULTS, **TINY, steps=steps)
     config = dict(dict(channels=8, latent_dim=4, resolution=16), **config)
     return train.train(stage, run, config, str(out), seed=5, device="cpu", resume=resume,
                        quiet=True)[0]
@@ -74,6 +77,11 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
     path = str(tmp_path / "ae.pt")
     with pytest.raises(checkpoint.CheckpointError, match="holds a 'ae' model, not 'vqvae'"):
         checkpoint.load_checkpoint(path, "vqvae")
+    state = checkpoint.load_checkpoint(path, "ae")
+    for changed in (dict(state, config=dict(state["config"], mask_prob=0.5)),  # an older field
+                    dict(state, config=dict(state["config"], latent_dim=3))):  # other shapes
+        with pytest.raises(checkpoint.CheckpointError, match="do not fit this code"):
+            checkpoint.restore_model(changed)
     blob = open(path, "rb").read()
     open(path, "wb").write(blob[: len(blob) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):
@@ -88,14 +96,20 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         _run("ae", tmp_path, steps=6, resume=True, latent_dim=8)
 
 
-def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
-    real = train.stage_loss
+def _replace_loss(monkeypatch, stage, wrap):
+    """Train the stage with wrap(its loss) instead of its loss."""
+    row = STAGES[stage]
+    monkeypatch.setitem(STAGES, stage, dataclasses.replace(row, loss=wrap(row.loss)))
 
-    def poisoned(*args):
-        loss, figures = real(*args)
-        return (loss * float("nan") if torch.initial_seed() == train.step_seed(5, 4) else loss,
-                figures)
-    monkeypatch.setattr(train, "stage_loss", poisoned)
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+    def poison(real):
+        def poisoned(*args):
+            loss, figures = real(*args)
+            return (loss * float("nan") if torch.initial_seed() == train.step_seed(5, 4)
+                    else loss, figures)
+        return poisoned
+    _replace_loss(monkeypatch, "ae", poison)
     with pytest.raises(FloatingPointError, match=r"at step 4; the last good checkpoint is .*"
                                                  r"ae.pt \(step 3\)"):
         _run("ae", tmp_path, steps=6)
@@ -104,24 +118,26 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
 def _poison(monkeypatch, calls, gradient_only=False):
     """Make the loss of the given calls (1, 2, ...) non-finite, or, with gradient_only, keep its
     value finite and make its gradient NaN; returns the list of calls seen."""
-    real, seen = train.stage_loss, []
+    seen = []
 
-    def poisoned(stage, model, *args):
-        loss, figures = real(stage, model, *args)
-        seen.append(1)
-        if len(seen) in calls:
-            # sqrt at 0: the value 0, the gradient 0 * inf = NaN
-            bad = (0 * next(model.parameters()).sum()).sqrt()
-            loss = loss + bad if gradient_only else loss * float("nan")
-        return loss, figures
-    monkeypatch.setattr(train, "stage_loss", poisoned)
+    def poison(real):
+        def poisoned(model, *args):
+            loss, figures = real(model, *args)
+            seen.append(1)
+            if len(seen) in calls:
+                # sqrt at 0: the value 0, the gradient 0 * inf = NaN
+                bad = (0 * next(model.parameters()).sum()).sqrt()
+                loss = loss + bad if gradient_only else loss * float("nan")
+            return loss, figures
+        return poisoned
+    _replace_loss(monkeypatch, "ae", poison)
     return seen
 
 
 @pytest.mark.parametrize("poisoned_step", [3, 6])  # 6: the last step, which must still save
 def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch, poisoned_step):
     seen = _poison(monkeypatch, {poisoned_step})
-    run = dict(train.RUN_DEFAULTS, **TINY, steps=6, on_nonfinite="skip")
+    run = dict(RUN_DEFAULTS, **TINY, steps=6, on_nonfinite="skip")
     train.train("ae", run, dict(channels=8, latent_dim=4, resolution=16), str(tmp_path), seed=5,
                 device="cpu", quiet=True)
     state = checkpoint.load_checkpoint(str(tmp_path / "ae.pt"))
@@ -133,7 +149,7 @@ def test_nonfinite_loss_can_skip_the_step_instead(tmp_path, monkeypatch, poisone
 def test_nonfinite_gradients_are_caught_like_a_nonfinite_loss(tmp_path, monkeypatch,
                                                                on_nonfinite):
     _poison(monkeypatch, {5}, gradient_only=True)
-    run = dict(train.RUN_DEFAULTS, **TINY, steps=6, on_nonfinite=on_nonfinite)
+    run = dict(RUN_DEFAULTS, **TINY, steps=6, on_nonfinite=on_nonfinite)
     settings = ("ae", run, dict(channels=8, latent_dim=4, resolution=16), str(tmp_path))
     if on_nonfinite == "stop":
         with pytest.raises(FloatingPointError, match="gradient norm is nan at step 4"):
@@ -332,30 +348,35 @@ def test_training_is_reproducible_for_a_seed_on_cpu(tmp_path):
 
 
 def test_fast_path_switches_on_for_cuda_and_bf16_for_the_u_nets_of_a_bf16_cpu(monkeypatch):
-    run, cpu, cuda = dict(train.RUN_DEFAULTS), torch.device("cpu"), torch.device("cuda")
+    run, cpu, cuda = dict(RUN_DEFAULTS), torch.device("cpu"), torch.device("cuda")
     for native in (False, True):
         monkeypatch.setattr(train, "native_bf16", lambda device: native)
-        assert not any(train.speed_options(cpu, run, "clip").values())
-        assert not any(train.speed_options(cpu, run, "prior").values())
-        assert train.speed_options(cpu, run, "decoder") == dict(
+        def fast(device, stage, **changed):
+            return train.speed_options(device, dict(run, **changed), STAGES[stage].cpu_bf16)
+        assert not any(fast(cpu, "clip").values())
+        assert not any(fast(cpu, "prior").values())
+        assert fast(cpu, "decoder") == dict(
             autocast=native, channels_last=False, fused_adamw=False, data_on_device=False)
-        assert all(train.speed_options(cuda, run, "clip").values())
-        assert not train.speed_options(cpu, dict(run, precision="fp32"), "decoder")["autocast"]
-        assert not train.speed_options(cuda, dict(run, precision="fp32"))["autocast"]
-        assert train.speed_options(cpu, dict(run, precision="bf16"), "clip")["autocast"]
+        assert all(fast(cuda, "clip").values())
+        assert not fast(cpu, "decoder", precision="fp32")["autocast"]
+        assert not fast(cuda, "decoder", precision="fp32")["autocast"]
+        assert fast(cpu, "clip", precision="bf16")["autocast"]
 
 
 def test_bf16_autocast_branch_trains(tmp_path, monkeypatch):
     # The GPU's mixed-precision branch, run on the CPU: autocast is on in every step, the
     # convolutions compute in bfloat16, and the loss still falls by half in 60 steps.
-    real, seen = train.stage_loss, []
+    seen = []
 
-    def recording(stage, model, images, *args):
-        loss, figures = real(stage, model, images, *args)
-        seen.append((torch.is_autocast_enabled("cpu"), model.encoder(images).dtype, loss.item()))
-        return loss, figures
-    monkeypatch.setattr(train, "stage_loss", recording)
-    run = dict(train.RUN_DEFAULTS, **TINY, steps=60, lr=3e-3, precision="bf16")
+    def record(real):
+        def recording(model, images, *args):
+            loss, figures = real(model, images, *args)
+            seen.append((torch.is_autocast_enabled("cpu"), model.encoder(images).dtype,
+                         loss.item()))
+            return loss, figures
+        return recording
+    _replace_loss(monkeypatch, "ae", record)
+    run = dict(RUN_DEFAULTS, **TINY, steps=60, lr=3e-3, precision="bf16")
     train.train("ae", run, dict(channels=8, latent_dim=8, resolution=16), str(tmp_path), seed=5,
                 device="cpu", quiet=True)
     assert all(on and dtype == torch.bfloat16 for on, dtype, _ in seen)
@@ -363,42 +384,37 @@ def test_bf16_autocast_branch_trains(tmp_path, monkeypatch):
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
 
 
-def test_gpu_presets_set_each_stage_and_flags_still_win():
-    run, config = train.resolve_settings("decoder", "gpu-cifar10")
-    assert run["data"].startswith("cifar10:") and run["steps"] == 40000
-    assert config["channels"] == 128 and config["attention_resolutions"] == (16, 8)
-    run, config = train.resolve_settings("upsampler", "gpu-cifar10", ["--steps=7"])
-    assert (run["resolution"], config["low_resolution"], run["steps"]) == (64, 32, 7)
-    assert train.resolve_settings("clip", "gpu-cifar10")[1]["embed_dim"] == 256
-    assert train.resolve_settings("ae", "gpu-cifar10")[0]["steps"] == train.RUN_DEFAULTS["steps"]
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_development_or_test_scene_is_a_training_scene_whatever_the_seed(tmp_path, seed,
+                                                                             monkeypatch):
+    import data
+    import evaluate
+    import shapes
+    drawn, draw = {"training": set(), "evaluation": set()}, shapes.ShapesDataset.attributes
+    phase = "training"
+
+    def recording(self, i):  # every scene drawn, its attributes to the centres' last bit
+        scene, prefix = draw(self, i)
+        drawn[phase].add(json.dumps(scene, sort_keys=True))
+        return scene, prefix
+    monkeypatch.setattr(shapes.ShapesDataset, "attributes", recording)
+    train.train("ae", dict(RUN_DEFAULTS, **dict(TINY, steps=1, n_train=1000)),
+                dict(channels=8, latent_dim=4, resolution=16), str(tmp_path), seed=seed,
+                device="cpu", quiet=True)
+    phase = "evaluation"
+    for stream in ("dev", "test"):
+        data.load_data("shapes", 16, 1000, seed, stream)
+        evaluate.held_out_scenes(500, 16, seed, stream=stream)
+        evaluate.held_out_scenes(200, 16, seed, "holdout", stream)
+    assert len(drawn["training"]) == 1000 and len(drawn["evaluation"]) > 3000
+    assert not drawn["training"] & drawn["evaluation"]
 
 
-def test_cpu_settings_come_from_the_dataclasses(capsys):
-    # The CPU preset adds no model fields (upsampler2 aside): the dataclass defaults are its values.
-    for stage in train.STAGE_RUNS:
-        run, config = train.resolve_settings(stage)
-        assert set(config) <= {"resolution", "low_resolution", "degradation", "channel_mult"}
+def test_print_settings_shows_what_a_run_would_use(capsys):
     train.main(["ddpm", "--print-settings", "--steps", "9", "--channels=16"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["run"]["steps"] == 9 and printed["config"]["channels"] == 16
     assert printed["run"]["data"] == "shapes:1"
-
-
-def test_gpu_preset_models_build_and_take_a_training_step():
-    # bench/throughput.py --presets builds every stage of every GPU preset and runs one forward
-    # and backward pass on one image, counting FLOPs: hours = FLOPs x batch x steps / 100 TFLOP/s,
-    # and the COCO decoder (64 px) costs 3-6x the CIFAR-10 one (32 px, same U-Net: 4x the
-    # convolutions, but the caption's tokens cost alike).
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-    import throughput
-    decoder = {}
-    for preset in [p for p in train.PRESETS if p != "cpu"]:
-        rows = throughput.preset_estimates(preset)
-        assert {r[0] for r in rows} == {s for s in train.PRESETS[preset] if s != "all"}
-        for _, _, gflops, batch, steps, hours in rows:
-            assert hours == pytest.approx(gflops * 1e9 * batch * steps / 100e12 / 3600)
-        decoder[preset] = next(r[2] for r in rows if r[0] == "decoder")
-    assert 3 < decoder["gpu-coco"] / decoder["gpu-cifar10"] < 6, decoder
 
 
 def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path, monkeypatch):
@@ -423,7 +439,7 @@ def test_main_job_on_data_without_a_checker_reports_clip_fid(tmp_path, monkeypat
     for sign, near_zero in [(1, True), (-1, False)]:
         monkeypatch.setattr(evaluate, "unclip_sample", lambda *args, **kwargs: (
             [sign * real[32], sign * real[64]], None))
-        figures = evaluate.evaluate_unclip(out, "cpu")
+        figures = evaluate.evaluate_unclip(out, "cpu", 0)
         for key in ("clip_fid_32px", "clip_fid_64px"):
             assert (figures[key] < 1e-6) == near_zero, (sign, key, figures)
         # The real images' own CLIP score is the one such a cascade would get.
@@ -462,7 +478,7 @@ def test_resume_refuses_other_run_settings_in_one_line(tmp_path, capsys, change,
 
 
 def test_learning_rate_warms_up_then_stays_or_decays_to_zero_by_the_step_alone(tmp_path, capsys):
-    run = dict(train.RUN_DEFAULTS, lr=2.0, warmup=10, steps=110)
+    run = dict(RUN_DEFAULTS, lr=2.0, warmup=10, steps=110)
     assert [train.learning_rate(run, s) for s in (0, 9, 50, 109)] == [0.2, 2.0, 2.0, 2.0]
     cosine = dict(run, lr_schedule="cosine")
     assert [round(train.learning_rate(cosine, s), 6) for s in (0, 9, 10, 60)] == [0.2, 2, 2, 1]
@@ -481,7 +497,7 @@ def test_bf16_autocast_and_fp32_agree_on_a_tiny_decoder():
     from decoder import Decoder, DecoderConfig
     torch.manual_seed(0)
     model = Decoder(DecoderConfig(resolution=16, channels=16, channel_mult=(1, 2),
-                                  embedding_dim=8, text_width=4, context_dim=16))
+                                  embed_dim=8, text_width=4, context_dim=16))
     for p in model.parameters():  # untrained layers start at zero; make every path matter
         p.data.normal_(0, 0.1)
     x, t = torch.randn(4, 3, 16, 16), torch.tensor([1, 200, 500, 900])

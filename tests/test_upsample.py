@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from diffusion import AttentionBlock
+from unet import AttentionBlock
 from upsample import Upsampler, UpsamplerConfig, gaussian_blur
 
 TINY = dict(resolution=16, low_resolution=8, channels=8, channel_mult=(1, 2), num_res_blocks=1,

@@ -41,15 +41,14 @@ def test_reparameterised_sample_carries_gradient_to_mean_and_variance():
     assert head[:4].abs().sum() > 0 and head[4:].abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind,corruption,factor", [
-    ("ae", "gaussian", 3), ("dae", "gaussian", 3), ("dae", "mask", 3),
-    ("vae", "gaussian", 1.5),  # -ELBO per dimension, which includes the irreducible KL and entropy
+@pytest.mark.parametrize("kind,factor", [
+    ("ae", 3), ("dae", 3),
+    ("vae", 1.5),  # -ELBO per dimension, which includes the irreducible KL and entropy
 ])
-def test_autoencoder_loss_falls_on_tiny_shapes(kind, corruption, factor):
+def test_autoencoder_loss_falls_on_tiny_shapes(kind, factor):
     torch.manual_seed(0)
     x = shapes_data(32, 16, seed=0).batch(torch.arange(32))[0]
-    model = AutoEncoder(VAEConfig(kind=kind, resolution=16, channels=16, latent_dim=16,
-                                  corruption=corruption))
+    model = AutoEncoder(VAEConfig(kind=kind, resolution=16, channels=16, latent_dim=16))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(150):
@@ -62,14 +61,12 @@ def test_autoencoder_loss_falls_on_tiny_shapes(kind, corruption, factor):
     assert last < first / factor, (first, last)
 
 
-def test_corruptions_change_the_input_as_configured():
+def test_dae_corruption_adds_noise_of_noise_std():
     torch.manual_seed(0)
     x = torch.zeros(4, 3, 32, 32) + 0.5
     noisy = AutoEncoder(VAEConfig(kind="dae", noise_std=0.4)).corrupt(x)
+    assert abs((noisy - x).mean().item()) < 0.02
     assert abs((noisy - x).std().item() - 0.4) < 0.02
-    masked = AutoEncoder(VAEConfig(kind="dae", corruption="mask", mask_prob=0.5)).corrupt(x)
-    assert set(masked.unique().tolist()) == {0.0, 0.5}
-    assert abs((masked == 0).float().mean().item() - 0.5) < 0.1
 
 
 def test_shapes_of_sample_and_interpolation():

@@ -48,7 +48,7 @@ def test_codebook_and_commitment_losses():
 
 def test_ema_update_moves_codes_to_the_mean_of_their_vectors():
     torch.manual_seed(0)
-    vq = VectorQuantizer(VQVAEConfig(num_codes=4, embedding_dim=2, ema_decay=0.5,
+    vq = VectorQuantizer(VQVAEConfig(num_codes=4, embedding_dim=2, codebook_decay=0.5,
                                      restart_dead_codes=False)).train()
     vq.initialised.fill_(True)
     vq.codebook.data = torch.tensor([[0., 0.], [10., 10.], [-10., 10.], [10., -10.]])
