@@ -7,28 +7,25 @@ and the loss is the cross-entropy of picking the right caption for each image an
 image for each caption, averaged (the symmetric InfoNCE loss). logit_scale starts at log(1/0.07)
 and is clamped at log(100) so that the logits cannot grow without bound.
 
-The text encoder is a causal transformer over the caption's tokens (bytes, or the words of a
-closed vocabulary); its feature at the end-of-text token, layer-normed and projected, is the
-text embedding. The image encoder is a small ViT (patches, a class token, pre-norm blocks) or a
-small convolutional network. Once trained, CLIP is frozen: DALL-E 2's prior maps its text
-embeddings to its image embeddings, and its decoder inverts the image embeddings.
+The text encoder is a causal transformer over the caption's tokens (bytes, or the words of a closed
+vocabulary); its feature at the end-of-text token, layer-normed and projected, is the text
+embedding. The image encoder is a small ViT or convolutional network. Once trained, CLIP is frozen:
+DALL-E 2's prior maps its text embeddings to its image embeddings, which its decoder inverts.
 
-CLIP trained on captions alone tends to learn a bag of words: "a red circle left of a blue
-square" and "a blue circle left of a red square" get one embedding, and unCLIP then draws the
-colours on the wrong objects (the paper's limitations section). Two things make ours bind: an
-image encoder that keeps where each feature is (ConvEncoder), and hard negatives in the loss,
-captions one edit away from the truth (NegCLIP: Yuksekgonul et al. 2023). CLIP.loss takes them as
-`foils`; on shapes they are made beside the caption grammar they edit, by
-shapes.contrastive_targets (the training loss of stages.py passes them in).
+CLIP trained on captions alone tends to learn a bag of words: "a red circle left of a blue square"
+and "a blue circle left of a red square" get one embedding, and unCLIP then draws the colours on
+the wrong objects (the paper's limitations section). Two things make ours bind: an image encoder
+that keeps where each feature is (ConvEncoder), and hard negatives in the loss, captions one edit
+away from the truth (NegCLIP: Yuksekgonul et al. 2023). CLIP.loss takes them as `foils`;
+stages.py's loss gets them from shapes.contrastive_targets, made beside the grammar they edit.
 
 Zero-shot classification embeds one prompt per class (or averages many: prompt ensembling) and
 picks the class whose embedding is nearest the image's.
 
-Defines: ByteTokenizer, WordTokenizer, caption_vocabulary, CLIPConfig, Block (the pre-norm
-transformer block, reused by prior.py), TextEncoder, ViTEncoder, ConvEncoder, CLIP
-(encode_text, encode_image, loss), contrastive_loss, normalise_embedding, image_embeddings
-(images -> CLIP features) and clip_embeddings (what the prior and decoder see),
-zero_shot_weights, recall_at_k and retrieval. Needs torch.
+Defines: ByteTokenizer, WordTokenizer, caption_vocabulary, CLIPConfig, Block (reused by prior.py),
+TextEncoder, ViTEncoder, ConvEncoder, CLIP (encode_text, encode_image, loss), contrastive_loss,
+normalise_embedding, image_embeddings (images -> CLIP features) and clip_embeddings (what the prior
+and decoder see), zero_shot_weights, recall_at_k and retrieval. Needs torch.
 Run `python clip.py` to train a small CLIP on shapes for a minute and print its retrieval.
 """
 import math
@@ -44,17 +41,14 @@ import torch.nn.functional as F
 # Tokenizers: UTF-8 bytes (no text is ever out of vocabulary), or the words of a closed vocabulary.
 
 class ByteTokenizer:
-    """Bytes 0..255, then start-of-text, end-of-text and padding; a fixed context length.
-
-    Text longer than the context is truncated so the end token always fits (a warning, once per
-    tokenizer, names the first)."""
+    """Bytes 0..255, then start-of-text, end-of-text and padding; a fixed context length. Longer
+    text is truncated so the end token fits (a warning, once per tokenizer, names the first)."""
     unit = "bytes"
     warned = False  # set on the instance by the first truncation
 
     def __init__(self, context_length=80):
         self.context_length = context_length
-        self.sot, self.eot, self.pad = 256, 257, 258
-        self.vocab_size = 259
+        self.sot, self.eot, self.pad, self.vocab_size = 256, 257, 258, 259
 
     def split(self, text):
         return list(text.encode("utf-8", errors="replace"))  # a lone surrogate becomes "?"
@@ -68,8 +62,7 @@ class ByteTokenizer:
                               "to keep more")
                 self.warned = True
             body = body[: self.context_length - 2]
-        tokens = [self.sot] + body + [self.eot]
-        return tokens + [self.pad] * (self.context_length - len(tokens))
+        return [self.sot] + body + [self.eot] + [self.pad] * (self.context_length - 2 - len(body))
 
     def __call__(self, texts):
         """list of str -> (B, context_length) int64."""
@@ -87,11 +80,10 @@ class ByteTokenizer:
 
 
 class WordTokenizer(ByteTokenizer):
-    """The words of a closed vocabulary (those of the training captions), then start-of-text,
-    end-of-text and padding; encode and __call__ as for bytes. A shapes caption is then at most
-    17 tokens instead of 78 bytes, so the text transformer, the prior and the decoder's attention
-    read sequences a quarter as long. A word outside the vocabulary is an error, not a guess:
-    open-vocabulary data keeps bytes."""
+    """The words of a closed vocabulary (the training captions'), then start-of-text, end-of-text
+    and padding. A shapes caption is then at most 17 tokens instead of 78 bytes, so the text
+    transformer, the prior and the decoder's attention read sequences a quarter as long. A word
+    outside the vocabulary is an error, not a guess: open-vocabulary data keeps bytes."""
     unit = "words"
 
     def __init__(self, vocabulary, context_length=24):
@@ -119,7 +111,7 @@ def caption_vocabulary(captions):
 class CLIPConfig:
     embed_dim: int = 64          # the joint embedding
     tokenizer: str = "word"      # "word" (a closed vocabulary) or "byte" (open)
-    vocabulary: tuple = ()       # the words (train.py takes them from the training captions)
+    vocabulary: tuple = ()       # the words (stages.data_fields: the training captions')
     context_length: int = 24     # tokens, with start and end (shapes: <= 17 words, 78 bytes)
     text_width: int = 96
     text_layers: int = 3
@@ -193,7 +185,8 @@ class ViTEncoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         if cfg.resolution % cfg.patch_size:
-            raise ValueError(f"patch_size {cfg.patch_size} must divide resolution {cfg.resolution}")
+            raise ValueError(f"patch_size {cfg.patch_size} must divide resolution "
+                             f"{cfg.resolution}")
         width, n = cfg.vision_width, (cfg.resolution // cfg.patch_size) ** 2
         self.patchify = nn.Conv2d(3, width, cfg.patch_size, stride=cfg.patch_size)
         self.class_token = nn.Parameter(0.02 * torch.randn(width))
@@ -211,11 +204,10 @@ class ViTEncoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Images (B, 3, R, R) -> (B, embed_dim): three stride-2 stages of convolutions, then a
-    projection of the whole (R/8 x R/8) feature map. Global average pooling would add up the
-    cells and so forget which colour was where ("red left of blue" and "blue left of red" would
-    pool alike); reading each cell with its own weights keeps it, as CLIP's attention pooling
-    with positional embeddings does."""
+    """Images (B, 3, R, R) -> (B, embed_dim): three stride-2 convolution stages, then a projection
+    of the whole (R/8 x R/8) feature map. Global average pooling would add up the cells and forget
+    which colour was where ("red left of blue" and "blue left of red" alike); reading each cell
+    with its own weights keeps it, as CLIP's attention pooling with positional embeddings does."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -246,10 +238,8 @@ class CLIP(nn.Module):
 
     def encode_text(self, texts, return_tokens=False):
         """list of str -> (B, embed_dim) unnormalised text embeddings; with return_tokens, also
-        the (B, context_length, text_width) features of every token (the prior's and decoder's
-        view of the caption)."""
-        if isinstance(texts, str):
-            texts = [texts]
+        every token's (B, context_length, text_width) features: the prior's and decoder's view."""
+        texts = [texts] if isinstance(texts, str) else texts
         tokens = self.text.tokenizer(texts)                                # (B, L), on the CPU
         # Causal attention: nothing after the last end-of-text token can change the features up
         # to it, so the padding after it is cut (exact; shapes batches: 17 of 24 positions).
@@ -276,19 +266,17 @@ class CLIP(nn.Module):
         return self.logit_scale.exp() * image_e @ text_e.T
 
     def loss(self, images, texts, foils=(), keys=None):
-        """Symmetric InfoNCE over a batch of pairs. foils: extra captions, each false of every
-        image in the batch (hard negatives, e.g. minimal edits of the batch's captions as in
-        NegCLIP, Yuksekgonul et al. 2023), which compete with the true captions in the
-        image-to-text direction. keys: what each caption describes (default: its text); pairs
-        with one key are not each other's negatives."""
+        """Symmetric InfoNCE over a batch of pairs. foils: extra captions false of every image in
+        the batch, competing with the true captions image-to-text only (hard negatives: minimal
+        edits of its captions, as in NegCLIP, Yuksekgonul et al. 2023). keys: what each caption
+        describes (default: its text); pairs with one key are not each other's negatives."""
         logits = self.logits(images, list(texts) + list(foils))                # (B, B + F)
         keys = list(texts) if keys is None else keys
         same = torch.tensor([[a == b for b in keys] for a in keys], device=logits.device)
         accuracy = same[torch.arange(len(logits)), logits.argmax(1).clamp(max=len(keys) - 1)]
         accuracy &= logits.argmax(1) < len(keys)  # a foil on top is wrong
-        return contrastive_loss(logits, same), {
-            "accuracy": accuracy.float().mean().item(),
-            "temperature": 1 / self.logit_scale.exp().item()}
+        return contrastive_loss(logits, same), {"accuracy": accuracy.float().mean().item(),
+                                                "temperature": 1 / self.logit_scale.exp().item()}
 
 
 def contrastive_loss(logits, same=None):
@@ -311,16 +299,14 @@ def normalise_embedding(z):
     return F.normalize(z, dim=-1) * math.sqrt(z.shape[-1])
 
 
-
 @torch.no_grad()
 def image_embeddings(clip_model, images, chunk=500):
     """Images (N, 3, R, R), uint8 or in [-1, 1], of any size -> (N, D) unit-length CLIP image
     embeddings on the model's device: the one way images become CLIP features. Images larger
     than CLIP's are box-downsampled (area); a batch is encoded in chunks."""
-    device = clip_model.logit_scale.device
     embeddings = []
     for x in images.split(chunk):
-        x = x.to(device)  # a batch may come from the CPU
+        x = x.to(clip_model.logit_scale.device)  # a batch may come from the CPU
         x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != clip_model.cfg.resolution:
             x = F.interpolate(x, size=clip_model.cfg.resolution, mode="area")
@@ -362,11 +348,10 @@ def recall_at_k(similarity, same, k):
 def retrieval(model, images, captions):
     """Text-to-image and image-to-text recall@1, @5 and @10 over N pairs: images (N, 3, R, R)
     and their captions (N strings). Chance: k / N."""
-    device = model.logit_scale.device
     text_e = torch.cat([model.encode_text(captions[i:i + 250])
                         for i in range(0, len(captions), 250)])
     similarity = image_embeddings(model, images) @ F.normalize(text_e, dim=-1).T   # (N, N)
-    same = torch.tensor([[a == b for b in captions] for a in captions], device=device)
+    same = torch.tensor([[a == b for b in captions] for a in captions], device=similarity.device)
     return {f"{name}_r@{k}": recall_at_k(s, same, k)
             for name, s in [("image_to_text", similarity), ("text_to_image", similarity.T)]
             for k in (1, 5, 10)}
@@ -390,6 +375,6 @@ if __name__ == "__main__":
         if step % 100 == 0:
             print(f"step {step}: loss {loss.item():.3f}, batch accuracy {figures['accuracy']:.2f} "
                   f"({time.time() - start:.0f}s)")
-    test = datasets.shapes_data(1000, 32, seed=1, split="train", prefixes=False)
-    print("retrieval on 1000 held-out pairs:",
+    test = datasets.shapes_data(1000, 32, seed=0, split="train", prefixes=False, stream="test")
+    print("retrieval on 1000 test pairs:",
           retrieval(model.eval(), test.images, [c[0] for c in test.captions]))

@@ -4,15 +4,14 @@ Every later file trains on what this one returns, so it fixes the conventions on
 float tensors (B, 3, H, W) in [-1, 1] (`to_unit_range` turns pixels into them); a data set in
 memory is a `TensorData` (uint8 images, one or more captions per image, optional class labels).
 
-- `shapes_data`: the built-in shapes scenes (shapes.py) rendered into a TensorData.
+- `shapes_data`: the built-in shapes scenes (shapes.py) rendered into a TensorData; `is_shapes`.
 - Loaders: CIFAR-10's python archive (as downloaded, or extracted), image folders (class
   sub-folders, with or without train/ and test/, or a `metadata.jsonl` of captions), captions
   files (COCO-captions JSON or CSV, e.g. Flickr8k) and COCO's official layout.
   `load_data("cifar10:PATH", ...)` is how the command line names them.
 - `grid`, `show_grid`, `save_grid` and `write_images`: many images as one picture, or as files.
 
-Run `python data.py` to render shapes scenes into memory and save a grid of them.
-"""
+Run `python data.py` to render shapes scenes into memory and save a grid of them."""
 import csv
 import hashlib
 import json
@@ -22,6 +21,7 @@ import tarfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,12 +51,16 @@ class TensorData:
 
     def batch(self, index, generator=None):
         """Images in [-1, 1], one caption per image (drawn with generator), labels."""
-        images = to_unit_range(self.images[index])
         picks = torch.randint(0, 1 << 30, (len(index),), generator=generator).tolist()
         captions = [self.captions[i][p % len(self.captions[i])]
                     for i, p in zip(index.tolist(), picks)]
         labels = None if self.labels is None else self.labels[index]
-        return images, captions, labels
+        return to_unit_range(self.images[index]), captions, labels
+
+
+def is_shapes(data):
+    """Whether a TensorData holds shapes scenes, whose captions the checker can read."""
+    return data.class_names == SHAPES
 
 
 def shapes_data(n, resolution=32, seed=0, split=None, prefixes=True, objects=None,
@@ -79,8 +83,7 @@ def square_image(img, resolution, resample=Image.BICUBIC):
     """A PIL image, centre-cropped to a square and resized -> (R, R, 3) uint8; grey, RGBA and
     palette images become RGB."""
     img = img.convert("RGB")
-    w, h = img.size
-    side = min(w, h)
+    (w, h), side = img.size, min(img.size)
     left, top = (w - side) // 2, (h - side) // 2
     img = img.crop((left, top, left + side, top + side))
     return np.array(img.resize((resolution, resolution), resample))
@@ -105,25 +108,20 @@ def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5):
         blob = response.read()
     if hashlib.md5(blob).hexdigest() != md5:
         raise ValueError(f"{url}: MD5 mismatch (expected {md5}); the download is corrupt, retry")
-    with open(path + ".tmp", "wb") as f:
-        f.write(blob)
+    Path(path + ".tmp").write_bytes(blob)
     os.replace(path + ".tmp", path)
     return path
 
 
 def load_cifar10(path, split="train", resolution=32):
     """CIFAR-10 from `cifar-10-python.tar.gz` or its extracted `cifar-10-batches-py/` folder.
-    Training batches that are missing are skipped with a warning that names them; no batch of
-    the split at all is an error."""
+    Missing training batches are skipped with a warning that names them; none at all is an error."""
     wanted = ["data_batch_%d" % i for i in range(1, 6)] if split == "train" else ["test_batch"]
     if os.path.isdir(path) and os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
         path = os.path.join(path, "cifar-10-batches-py")
     if os.path.isdir(path):
-        blobs = {}
-        for n in wanted + ["batches.meta"]:
-            if os.path.isfile(os.path.join(path, n)):
-                with open(os.path.join(path, n), "rb") as f:
-                    blobs[n] = f.read()
+        blobs = {n: Path(path, n).read_bytes() for n in wanted + ["batches.meta"]
+                 if Path(path, n).is_file()}
     elif os.path.isfile(path) and tarfile.is_tarfile(path):
         with tarfile.open(path) as tar:
             members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
@@ -184,10 +182,9 @@ def read_image(path, resolution, resample=Image.BICUBIC):
 
 
 def load_folder(path, resolution=32, split="train"):
-    """An image folder: `metadata.jsonl` rows {"file_name", "text"} give captions; otherwise
-    class sub-folders give labels (and captions "a photo of a cat", "... an airplane"). A folder
-    with `train/` and `test/` sub-folders (e.g. CIFAR-10 as JPEGs) has its own split: `split`
-    picks one."""
+    """An image folder: `metadata.jsonl` rows {"file_name", "text"} give captions; otherwise class
+    sub-folders give labels (and captions "a photo of a cat", "... an airplane"). A folder with
+    `train/` and `test/` (e.g. CIFAR-10 as JPEGs) has its own split: `split` picks one."""
     if not os.path.isdir(path):
         _fail(path, "no such folder", "Pass a folder of class sub-folders or with metadata.jsonl")
     if all(os.path.isdir(os.path.join(path, s)) for s in ("train", "test")):
@@ -235,8 +232,7 @@ def read_caption_file(path):
     captions = {}
     try:
         if path.endswith(".json"):
-            with open(path) as f:
-                coco = json.load(f)
+            coco = json.loads(Path(path).read_text())
             names = {im["id"]: im["file_name"] for im in coco["images"]}
             orphans = sum(a["image_id"] not in names for a in coco["annotations"])
             if orphans:
@@ -267,12 +263,10 @@ def split_indices(n, split, holdout, seed=0):
 
 
 def load_captions(path, split="train", resolution=64, holdout=1000):
-    """Captioned images from a captions file (read_caption_file), several captions an image. The
-    images are found next to the file or in its `images/` folder; missing or unreadable ones are
-    skipped with a count. Such data carries no split: a fixed random `holdout` images (at most
-    half) are the test split."""
-    rows = read_caption_file(path)
-    folder = os.path.dirname(path)
+    """Captioned images from a captions file (read_caption_file), several captions an image, found
+    next to the file or in its `images/` folder (missing or unreadable ones skipped with a count).
+    The data has no split: a fixed random `holdout` images (at most half) are the test split."""
+    rows, folder = read_caption_file(path), os.path.dirname(path)
     if rows and not os.path.exists(os.path.join(folder, rows[0][0])):
         folder = os.path.join(folder, "images")
     rows = [rows[i] for i in split_indices(len(rows), split, holdout).tolist()]
@@ -295,26 +289,24 @@ def load_coco(path, split="train", resolution=64, n=10000, seed=None):
     if seed is not None:
         rows = [rows[i] for i in torch.randperm(
             len(rows), generator=torch.Generator().manual_seed(seed)).tolist()]
-    rows = rows[:n]
-    images, kept = _read_images([os.path.join(path, f"{split}2017", r[0]) for r in rows],
-                                resolution)
+    rows, folder = rows[:n], os.path.join(path, f"{split}2017")
+    images, kept = _read_images([os.path.join(folder, r[0]) for r in rows], resolution)
     if images is None:
-        _fail(os.path.join(path, f"{split}2017"), "no readable COCO image",
-              "Check the image folder")
+        _fail(folder, "no readable COCO image", "Check the image folder")
     return TensorData(images, [rows[i][1] for i in kept])
 
 
 def load_data(spec, resolution=32, n=20000, seed=0, split="train"):
-    """Name -> TensorData: "shapes", "cifar10:PATH", "folder:PATH", "coco:PATH" or
-    "captions:FILE" (a COCO-captions .json or an image,caption .csv, e.g. Flickr8k).
-    "shapes:1" and "shapes:2" hold only one- or only two-object scenes.
-
-    split: "train", "dev" or "test" (shapes: the seed's stream of that name, shapes.STREAMS, its
-    scenes free of the held-out colour-shape pairs; only training captions carry prefixes), or
-    "holdout" (shapes only: test scenes each holding a colour-shape pair never seen in training).
-    Other data has no development split; a folder without train/ and test/ has no test split and
-    returns the same images."""
+    """Name -> TensorData: "shapes" ("shapes:1", "shapes:2": only one- or only two-object scenes),
+    "cifar10:PATH", "folder:PATH", "coco:PATH" or "captions:FILE" (a COCO-captions .json or an
+    image,caption .csv, e.g. Flickr8k). split: "train", "dev" or "test" (shapes: the seed's stream
+    of that name, shapes.STREAMS, its scenes free of the held-out colour-shape pairs; only
+    training captions carry prefixes), or "holdout" (shapes only: test scenes each holding a
+    colour-shape pair never seen in training). Other data has no development split; a folder
+    without train/ and test/ has no test split and returns the same images."""
     kind, _, path = spec.partition(":")
+    if kind != "shapes" and split == "holdout":
+        raise ValueError(f"{kind} data has no held-out compositions: they are shapes' alone")
     if kind == "shapes" and path in ("", "1", "2"):
         return shapes_data(n, resolution, seed, "holdout" if split == "holdout" else "train",
                            prefixes=split == "train", objects=int(path) if path else None,
@@ -327,14 +319,10 @@ def load_data(spec, resolution=32, n=20000, seed=0, split="train"):
         if split == "dev":
             raise ValueError(f"{kind} data has no development split: choose settings on shapes, "
                              "or hold out part of the training data yourself")
-        split = "train" if split == "train" else "test"
-        if kind == "cifar10":
-            return load_cifar10(path, split, resolution)
-        if kind == "folder":
-            return load_folder(path, resolution, split)
-        if kind == "captions":
-            return load_captions(path, split, resolution)
-        return load_coco(path, "train" if split == "train" else "val", resolution, n)
+        if kind == "coco":
+            return load_coco(path, "train" if split == "train" else "val", resolution, n)
+        load = {"cifar10": load_cifar10, "folder": load_folder, "captions": load_captions}[kind]
+        return load(path, split="train" if split == "train" else "test", resolution=resolution)
     raise ValueError(f"unknown data set {spec!r}: use shapes (or shapes:1, shapes:2), "
                      "cifar10:PATH, folder:PATH, coco:PATH or captions:FILE")
 

@@ -121,7 +121,7 @@ if __name__ == "__main__":
         opt.step()
         if step % 200 == 0:
             print(f"step {step}: loss {loss.item():.4f} ({time.time() - start:.0f}s)")
-    x, captions, _ = datasets.shapes_data(16, 16, seed=1, objects=1).batch(torch.arange(16))
+    x, captions, _ = datasets.shapes_data(16, 16, objects=1, stream="test").batch(torch.arange(16))
     recon = model.eval().sample(x.flatten(1) @ encoder, torch.zeros(16, 1, 8), 3.0, steps=25)
     print(f"decoded from the embedding: mse {(recon - x).pow(2).mean():.3f} "
           f"(mean image {(x - x.mean(0)).pow(2).mean():.3f})")

@@ -253,7 +253,7 @@ def make_diffusion(cfg, min_snr_gamma=0.0, min_snr_offset=1.0):
 
 @dataclass
 class DDPMConfig(DiffusionConfig, UNetConfig):
-    num_classes: int = 0        # > 0: class-conditional (the data's classes; train.py sets it)
+    num_classes: int = 0        # > 0: class-conditional (the data's: stages.data_fields)
     p_uncond: float = 0.1       # class label dropped this often in training (classifier-free)
     sample_steps: int = 50      # DDIM steps unless told (25 to 100 draw alike: docs/guidance.md)
 

@@ -1,42 +1,22 @@
-"""Every stage's figures: what each trained model reports, on held-out data, and its pictures.
+"""Every stage's figures: what each trained model reports, on test data, and its pictures.
 
 train.py calls `evaluate(stage, ...)` when a stage finishes and `evaluate_unclip` after the main
-job; the figures land in OUT/STAGE_metrics.json. What is measured, per rung:
-  - AE, DAE, VAE, VQ-VAE: reconstruction MSE (and PSNR) against the mean image; the VAE's
-    negative ELBO in bits per dimension; the VQ-VAE's code perplexity and dead codes.
-  - The prior over VQ-VAE codes: held-out bits per code against a prior that ignores context
-    (each code drawn from the training codes' histogram) and the uniform log2 K; on shapes, the
-    share of images the checker reads as a scene (one or two objects) for its samples, the
-    context-free prior's, the VQ-VAE's reconstructions and the real images.
-  - DDPM: a grid of samples per class, and on shapes the share with the requested shape; on
-    real labelled data (`--ddpm-quality`), a plain classifier's accuracy on the samples of each
-    requested class and the Frechet distance in its features, per guidance scale.
-  - CLIP: retrieval recall@1/5/10; on labelled data (CIFAR-10, class folders), zero-shot
-    accuracy from the class names; on shapes, zero-shot accuracy per attribute (colour, shape, size,
-    position), also on the colour-shape pairs never seen in training, and binding: the true
-    caption against minimal foils (relation reversed, objects trading places, colours, shapes),
-    and a linear probe of the image embedding for the left object's colour and shape.
-  - Priors: cosine between the sampled image embedding and the true one, against baselines.
-  - Decoder: exact match of images decoded from the scene's own embedding (the cascade's
-    ceiling with a perfect prior); upsamplers: MSE and exact match against bilinear resizing.
-  - The cascade: exact match on held-out prompts (100 one-object, 100 two-object) at every
-    resolution and on held-out compositions; on data the caption checker cannot read, CLIP-FID
-    against held-out images and the CLIP score (image-caption cosine) beside that of the real
-    images and of real images with shuffled captions.
+job; the figures land in OUT/STAGE_metrics.json. Defines, per rung:
+  - evaluate, one stage; for the autoencoders: reconstruction MSE (and PSNR) against the mean
+    image, the VAE's negative ELBO in bits per dimension, the VQ-VAE's perplexity and dead codes;
+  - the code prior's evaluate_code_prior and scene_rate; evaluate_ddpm, class_conditional_quality;
+  - CLIP's evaluate_clip, zero_shot_accuracy, shapes_zero_shot, binding (against minimal foils),
+    binding_probe (leading_object, fit_linear_probe);
+  - evaluate_prior; evaluate_decoder (the cascade's ceiling); evaluate_upsampler;
+  - evaluate_unclip, the cascade: exact_match on evaluation_scenes' captions (evaluation_prompts);
+    elsewhere CLIP-FID (feature_statistics, frechet_distance) and clip_score.
 
-The Frechet distance (Heusel et al. 2017, arXiv 1706.08500) fits a Gaussian to each set of
-features and compares them:
-    d^2 = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
-Published FID takes Inception-v3's features (bench/fid.py has that network); here the features
-are our own CLIP's image embeddings, comparable between our own runs only: "CLIP-FID (own
-features; not comparable to published FID)". Tr((S_1 S_2)^(1/2)) is the sum of the square roots
-of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), which has the same eigenvalues as S_1 S_2 but is
-symmetric positive semi-definite, so they are real and non-negative (up to rounding, clamped).
-
-Defines: feature_statistics, frechet_distance, clip_score, shapes_zero_shot,
-binding, leading_object, fit_linear_probe, binding_probe, exact_match, held_out_scenes,
-held_out_prompts, zero_shot_accuracy, class_conditional_quality, evaluate (one stage),
-scene_rate, evaluate_code_prior, evaluate_unclip (the cascade).
+The Frechet distance (Heusel et al. 2017, arXiv 1706.08500) compares Gaussians fitted to two sets
+of features: d^2 = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)). Published FID takes
+Inception-v3's features (bench/fid.py has that network); ours are our CLIP's image embeddings,
+comparable between our own runs only: "CLIP-FID (own features; not comparable to published FID)".
+Tr((S_1 S_2)^(1/2)) sums the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), symmetric
+positive semi-definite with S_1 S_2's eigenvalues: real, non-negative (clamped for rounding).
 Run `python evaluate.py --models OUT --zero-shot cifar10:PATH` for a CLIP's zero-shot accuracy on
 another labelled data set, `python evaluate.py --models OUT --ddpm-quality DATA` for a
 class-conditional DDPM's. (bench/fid.py sweeps the decoder's guidance scale by CLIP-FID and FID.)
@@ -54,13 +34,13 @@ import data as datasets
 import shapes
 from checkpoint import load_checkpoint, load_clip, load_unclip, native_bf16, restore_model
 from clip import clip_embeddings, image_embeddings, retrieval, zero_shot_weights
+from stages import STAGES
 from unclip import unclip_sample
 
 
 def feature_statistics(features):
     """(N, D) features -> mean (D,) and covariance (D, D), in float64."""
-    x = features.double()
-    return x.mean(0), torch.cov(x.T)
+    return features.double().mean(0), torch.cov(features.double().T)
 
 
 def _sqrtm_psd(matrix):
@@ -79,8 +59,7 @@ def frechet_distance(mu_1, sigma_1, mu_2, sigma_2):
 
 @torch.no_grad()
 def clip_score(clip_model, images, captions):
-    """Mean cosine between each image's CLIP embedding and its caption's (the CLIP score of
-    Hessel et al. 2021, without their 2.5 rescaling): how well images match their text."""
+    """The CLIP score (Hessel et al. 2021) without its 2.5 rescaling: mean image-caption cosine."""
     text = torch.cat([F.normalize(clip_model.encode_text(captions[i:i + 250]), dim=-1).cpu()
                       for i in range(0, len(captions), 250)])
     return (image_embeddings(clip_model, images).cpu() * text).sum(1).mean().item()
@@ -91,13 +70,10 @@ def clip_score(clip_model, images, captions):
 
 @torch.no_grad()
 def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
-    """Zero-shot accuracy per attribute (colour, shape, size, position) on n one-object scenes
-    of the seed's test stream. CLIP classifies each image over all 180 canonical one-object
-    captions, each embedded with every training prefix ("a picture of ...") and averaged (prompt
-    ensembling, CLIP section 3.1.4); a value's probability is the sum over the captions that name
-    it, the others marginalised out, because averaging a value's captions into one class vector
-    blurs what a binding text tower keeps apart (docs/decisions.md). Relations: binding()."""
-    device = model.logit_scale.device
+    """Zero-shot accuracy per attribute (colour, shape, size, position) on n one-object test
+    scenes, over the 180 canonical captions in every training prefix (prompt ensembling, CLIP
+    section 3.1.4). A value's probability sums its captions': averaged into one class vector they
+    would blur what a binding text tower keeps apart (docs/decisions.md). Relations: binding()."""
     captions = shapes.one_object_captions()
     named = [shapes.parse_caption(c) for c in captions]
     text_e = zero_shot_weights(model, [[c] for c in captions],
@@ -108,13 +84,12 @@ def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
     image_e = image_embeddings(model, one.images)
     p_caption = (model.logit_scale.exp() * image_e @ text_e.T).softmax(-1)       # (n, 180)
     results = {}
-    for attribute, values in [("colour", shapes.COLOURS), ("shape", shapes.SHAPES),
-                              ("size", shapes.SIZES), ("position", shapes.POSITIONS)]:
+    for attribute, values in [("colour", list(shapes.COLOURS)), ("shape", list(shapes.SHAPES)),
+                              ("size", list(shapes.SIZES)), ("position", list(shapes.POSITIONS))]:
         def value(scene):
             return scene["position"] if attribute == "position" else scene["objects"][0][attribute]
-        values = list(values)
         names = torch.tensor([[value(c) == v for c in named] for v in values],
-                             dtype=p_caption.dtype, device=device)               # (V, 180)
+                             dtype=p_caption.dtype, device=p_caption.device)     # (V, 180)
         predicted = (p_caption @ names.T).argmax(1).tolist()
         truth = [values.index(value(s)) for s in scenes]
         results[attribute] = sum(p == t for p, t in zip(predicted, truth)) / n
@@ -123,11 +98,10 @@ def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
 
 @torch.no_grad()
 def binding(model, seed, n=1000, split="train", stream="test"):
-    """Does CLIP bind attributes to objects? On n two-object test scenes, the share in which
-    the image's embedding is nearer its true caption than each minimal foil (shapes.minimal_foils:
-    relation reversed, objects trading places, colours, shapes); a tie counts half. Chance is
-    0.50: a model that knows which attributes a scene has but not which object has them, or
-    where, scores 0.50 on every kind."""
+    """Does CLIP bind attributes to objects? On n two-object test scenes, the share in which the
+    image's embedding is nearer its true caption than each minimal foil (shapes.minimal_foils:
+    relation reversed, objects trading places, colours, shapes); a tie counts half. Chance, 0.50 on
+    every kind: knowing a scene's attributes but not which object has them, or where."""
     two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2,
                                stream=stream)
     device = model.logit_scale.device
@@ -158,35 +132,30 @@ def fit_linear_probe(features, labels, weight_decay=1e-3, iterations=200):
     classes = int(labels.max()) + 1
     weight = torch.zeros(features.shape[1], classes, requires_grad=True)
     bias = torch.zeros(classes, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weight, bias], max_iter=iterations,
-                                  line_search_fn="strong_wolfe")
+    lbfgs = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure():
-        optimiser.zero_grad()
+        lbfgs.zero_grad()
         loss = (F.cross_entropy(features @ weight + bias, labels)
                 + weight_decay * weight.square().sum())
         loss.backward()
         return loss
     with torch.enable_grad():
-        optimiser.step(closure)
+        lbfgs.step(closure)
     return lambda x: (x @ weight.detach() + bias.detach()).argmax(1)
 
 
 @torch.no_grad()
 def binding_probe(model, seed, n=1000, n_fit=2000, split="train"):
-    """Is "which colour is where" in the image embedding at all, whatever the text tower does
-    with it? A linear probe reads the colour and the shape of the left (or upper) object of a
-    two-object scene from CLIP's normalised image embedding: fitted on n_fit scenes of the seed's
-    training stream, scored on n of its test stream. Chance: 1/6 for colour, 1/3 for shape. An
-    embedding that only lists the colours present (a bag of attributes) knows the answer is one
-    of two colours and scores about half on colour; one that binds scores near 1."""
-    parts = []
-    for count, stream in ((n_fit, "train"), (n, "test")):
-        two = datasets.shapes_data(count, model.cfg.resolution, seed, split, prefixes=False,
+    """Is "which colour is where" in CLIP's (normalised) image embedding, whatever the text tower
+    does with it? A linear probe for the colour and shape of a two-object scene's left (or upper)
+    object, fitted on n_fit training-stream scenes, scored on n test ones. Chance: 1/6 colour, 1/3
+    shape; a bag of attributes (one of two colours) scores about half on colour, binding near 1."""
+    scenes = [datasets.shapes_data(count, model.cfg.resolution, seed, split, prefixes=False,
                                    objects=2, stream=stream)
-        parts.append((image_embeddings(model, two.images).cpu(),                  # (count, D)
-                      [leading_object(c[0]) for c in two.captions]))
-    (z_fit, lead_fit), (z_test, lead_test) = parts
+              for count, stream in ((n_fit, "train"), (n, "test"))]
+    z_fit, z_test = (image_embeddings(model, s.images).cpu() for s in scenes)   # (count, D)
+    lead_fit, lead_test = ([leading_object(c[0]) for c in s.captions] for s in scenes)
     figures = {}
     for attribute, values in (("colour", list(shapes.COLOURS)), ("shape", list(shapes.SHAPES))):
         def labels(objects):
@@ -197,43 +166,37 @@ def binding_probe(model, seed, n=1000, n_fit=2000, split="train"):
 
 
 def exact_match(images, captions):
-    """The checker's exact-match rates on one-object and two-object prompts, and overall; none
-    for captions it cannot read (data other than shapes)."""
-    try:
-        for caption in captions:
-            shapes.parse_caption(caption)
-    except ValueError:
+    """The checker's exact-match rates: one-object, two-object, overall; none if it cannot read."""
+    if not all(shapes.is_shapes_caption(c) for c in captions):
         return {}
     summary = shapes.check_images(images.cpu(), captions)
     return {f"exact_{group}": summary[group]["exact"] for group in ("one", "two")
             if group in summary} | {"exact": summary["exact"]}
 
 
-def held_out_scenes(n, resolution, seed, split="train", stream="test"):
-    """n one-object, then n two-object scenes of a stream that training never draws from ("test"
-    or "dev"): (images (2n, 3, R, R) in [-1, 1], canonical captions). split "holdout": every
-    scene holds a colour-shape pair never seen in training (a held-out composition)."""
-    parts = [datasets.shapes_data(n, resolution, seed, split, prefixes=False, objects=objects,
-                                  stream=stream) for objects in (1, 2)]
-    batches = [part.batch(torch.arange(n))[:2] for part in parts]
+def evaluation_scenes(n, resolution, seed, split="train", stream="test"):
+    """n one-object, then n two-object scenes never trained on (stream "test" or "dev"): images
+    (2n, 3, R, R) in [-1, 1], canonical captions. split "holdout": unseen colour-shape pairs."""
+    batches = [datasets.shapes_data(n, resolution, seed, split, prefixes=False, objects=count,
+                                    stream=stream).batch(torch.arange(n))[:2] for count in (1, 2)]
     return torch.cat([b[0] for b in batches]), [c for b in batches for c in b[1]]
 
 
-def held_out_prompts(n, seed, split="train", stream="test"):
-    """The captions of held_out_scenes: n one-object, then n two-object prompts."""
-    return held_out_scenes(n, 8, seed, split, stream)[1]  # 8 px: the captions are what is wanted
+def evaluation_prompts(n, seed, split="train", stream="test"):
+    """The captions of evaluation_scenes: n one-object, then n two-object prompts."""
+    return evaluation_scenes(n, 8, seed, split, stream)[1]  # 8 px: only the captions are used
 
 
 # ----------------------------------------------------------------------------------------------
 # Each stage's figures.
 
 def evaluate_clip(model, test_data, train_data, seed):
-    """Retrieval on held-out pairs; on shapes, zero-shot accuracy per attribute, and both again
+    """Retrieval on test pairs; on shapes, zero-shot accuracy per attribute, and both again
     on the holdout split (colour-shape pairs never seen in training)."""
     figures = retrieval(model, test_data.images, [c[0] for c in test_data.captions])
-    if test_data.labels is not None and test_data.class_names != shapes.SHAPES:
+    if test_data.labels is not None and not datasets.is_shapes(test_data):
         figures["zero_shot_accuracy"] = zero_shot_accuracy(model, test_data)
-    if train_data.class_names == shapes.SHAPES:
+    if datasets.is_shapes(train_data):
         figures.update({f"zero_shot_{k}": v for k, v in shapes_zero_shot(model, seed).items()})
         figures.update({f"binding_{k}": v for k, v in binding(model, seed).items()})
         figures.update({f"probe_{k}": v for k, v in binding_probe(model, seed).items()})
@@ -257,7 +220,7 @@ def zero_shot_accuracy(model, data, templates=datasets.CIFAR10_TEMPLATES):
 
 
 def evaluate_ddpm(model, class_names, device, out, per_class=16):
-    """A grid of DDIM samples, one row pair per class; on shapes, the share with the right shape."""
+    """A grid of DDIM samples, a row pair per class; on shapes, the share with the right shape."""
     if not model.cfg.num_classes:
         images = model.sample(32, device=device)
         datasets.save_grid(images, os.path.join(out, "ddpm_samples.png"), scale=3)
@@ -275,12 +238,10 @@ def evaluate_ddpm(model, class_names, device, out, per_class=16):
 def class_conditional_quality(ddpm, classifier, real_train, real_test, out, scales=(0, 1, 2, 4),
                               per_class=50, steps=None):
     """A class-conditional DDPM on real data, judged by a plain classifier trained on the real
-    training images (`train.py classifier --max_timestep=1`): per guidance scale w, the
-    classifier's accuracy on samples of each requested class, and the Frechet distance in its
-    pooled features to as many real test images (FID's recipe with our own classifier, so only
-    comparable between our runs). Floor and ceiling: the same figures for real images."""
-    device = next(ddpm.parameters()).device
-    n = per_class * ddpm.cfg.num_classes
+    training images (`train.py classifier --max_timestep=1`): per guidance scale w, its accuracy on
+    the samples of each class and the Frechet distance in its pooled features to as many real test
+    images (FID's recipe, our classifier: our runs only). Floor and ceiling: real images'."""
+    device, n = next(ddpm.parameters()).device, per_class * ddpm.cfg.num_classes
 
     def judge(images, labels):  # accuracy, and features (N, C)
         t = torch.zeros(len(images), dtype=torch.long, device=device)
@@ -288,7 +249,6 @@ def class_conditional_quality(ddpm, classifier, real_train, real_test, out, scal
                               for x in images.to(device).split(250)])
         predicted = classifier.head[-1](features.to(device)).argmax(1).cpu()
         return (predicted == labels.cpu()).float().mean().item(), features
-
     test = real_test.batch(torch.arange(min(n, len(real_test))))
     accuracy, test_features = judge(test[0], test[2])
     stats = feature_statistics(test_features)
@@ -311,8 +271,7 @@ def class_conditional_quality(ddpm, classifier, real_train, real_test, out, scal
 
 
 def evaluate_prior(model, clip_model, test_data, n=200):
-    """Mean cosine between the embedding sampled for a held-out caption and its image's true
-    embedding; baselines: the caption's text embedding, and another image's embedding."""
+    """Mean cosine of sampled to true image embeddings, beside the text's and another image's."""
     images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
     z_i, z_t, tokens = clip_embeddings(clip_model, images, captions)
     sampled = model.sample(z_t, tokens)
@@ -322,11 +281,9 @@ def evaluate_prior(model, clip_model, test_data, n=200):
 
 
 def evaluate_decoder(model, clip_model, test_data, out, seed, n=100, guidance_scale=None):
-    """Decode held-out images from their own image embedding and caption: the exact-match rate
-    the cascade could reach with a perfect prior. On shapes: n one-object and n two-object
-    scenes of the seed's test stream; elsewhere 2n test images."""
-    if test_data.class_names == shapes.SHAPES:
-        images, captions = held_out_scenes(n, model.cfg.resolution, seed)
+    """Exact match of test images decoded from their own z_i and caption: the cascade's ceiling."""
+    if datasets.is_shapes(test_data):
+        images, captions = evaluation_scenes(n, model.cfg.resolution, seed)
     else:
         images, captions, _ = test_data.batch(torch.arange(min(2 * n, len(test_data))))
     z_i, _, tokens = clip_embeddings(clip_model, images, captions)
@@ -343,15 +300,12 @@ def scene_rate(images):
 
 
 def evaluate_code_prior(model, train_data, test_data, out, n=200):
-    """Held-out bits per code, against the context-free prior and the uniform one; on shapes,
-    the scene rate of n samples beside the baselines'. Writes a grid: samples, then
-    context-free samples."""
+    """Test bits per code against the context-free and uniform priors; on shapes, scene rates."""
     device, vq = model.head.weight.device, model.vqvae
 
     def encode(data):  # (N, h w) codes of up to 5,000 images
         return torch.cat([model.encode(data.batch(i)[0].to(device))
                           for i in torch.arange(min(5000, len(data))).split(500)])
-
     histogram = torch.bincount(encode(train_data).flatten(), minlength=vq.cfg.num_codes)
     unigram = (histogram + 1) / (histogram + 1).sum()           # (K,), smoothed
     codes = encode(test_data)                                   # (N, h w)
@@ -364,21 +318,17 @@ def evaluate_code_prior(model, train_data, test_data, out, n=200):
                                    .view(n, model.side, model.side))
     datasets.save_grid(torch.cat([samples[:32], context_free[:16]]).cpu(),
                        os.path.join(out, "code_prior_samples.png"), scale=2)
-    try:
-        shapes.parse_caption(test_data.captions[0][0])
-    except ValueError:
-        return figures  # the checker reads shapes scenes only
-    real = test_data.batch(torch.arange(n))[0].to(device)
-    figures.update(scene_rate_samples=scene_rate(samples.cpu()),
-                   scene_rate_context_free=scene_rate(context_free.cpu()),
-                   scene_rate_reconstructions=scene_rate(vq.reconstruct(real).cpu()),
-                   scene_rate_real=scene_rate(real.cpu()))
+    if datasets.is_shapes(test_data):  # the checker reads shapes scenes only
+        real = test_data.batch(torch.arange(n))[0].to(device)
+        figures.update(scene_rate_samples=scene_rate(samples.cpu()),
+                       scene_rate_context_free=scene_rate(context_free.cpu()),
+                       scene_rate_reconstructions=scene_rate(vq.reconstruct(real).cpu()),
+                       scene_rate_real=scene_rate(real.cpu()))
     return figures
 
 
 def evaluate_upsampler(model, test_data, stage, out, n=64):
-    """Upsample box-downsampled held-out images; against bilinear resizing, by MSE and by the
-    checker's exact match at the output resolution."""
+    """Upsample box-downsampled test images; MSE and exact match against bilinear resizing."""
     images, captions, _ = test_data.batch(torch.arange(min(n, len(test_data))))
     x = images.to(next(model.parameters()).device)
     low = F.interpolate(x, size=model.cfg.low_resolution, mode="area")
@@ -394,14 +344,12 @@ def evaluate_upsampler(model, test_data, stage, out, n=64):
 
 @torch.no_grad()
 def evaluate(stage, model, train_data, test_data, device, out, seed):
-    """The figures a finished stage reports, on the test data of its training seed, and its
-    pictures."""
+    """The figures a finished stage reports on its training seed's test data, and its pictures."""
     torch.manual_seed(0)
-    if stage in ("prior", "ar_prior", "decoder"):
-        clip_model = load_clip(out, device)
-        if stage == "decoder":
-            return evaluate_decoder(model, clip_model, test_data, out, seed)
-        return evaluate_prior(model, clip_model, test_data)
+    if stage == "decoder":
+        return evaluate_decoder(model, load_clip(out, device), test_data, out, seed)
+    if STAGES[stage].reads == "clip":  # the priors
+        return evaluate_prior(model, load_clip(out, device), test_data)
     if stage in ("upsampler", "upsampler2"):
         return evaluate_upsampler(model, test_data, stage, out)
     if stage == "code_prior":
@@ -442,19 +390,18 @@ def evaluate(stage, model, train_data, test_data, device, out, seed):
 
 
 def evaluate_unclip(out, device, seed, n=100, holdout=50, stream="test"):
-    """Text to image on prompts training never drew, through the whole cascade: exact match at
-    every resolution, per attribute at the last. On shapes: n one-object and n two-object prompts
-    of the seed's test (or dev) stream, and `holdout` of each of held-out compositions
-    (colour-shape pairs never seen in training: holdout_* figures); elsewhere CLIP-FID against 2n
-    test images and the CLIP score, with the real images' and shuffled pairs' beside it. Writes
-    a grid of samples and the prompts it shows."""
+    """Text to image through the whole cascade, on the captions of scenes training never drew (most
+    captions seen): exact match at every resolution, per attribute at the last. On shapes, n
+    one-object and n two-object prompts of the seed's `stream` (test or dev), and `holdout` of each
+    with colour-shape pairs never trained on (holdout_*); elsewhere CLIP-FID against 2n test
+    images, the CLIP score beside real and shuffled pairs'. Writes a grid and its prompts."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
     data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
     on_shapes = data.startswith("shapes")
     if on_shapes:
-        prompts = (held_out_prompts(n, seed, stream=stream)
-                   + held_out_prompts(holdout, seed, "holdout", stream))
-    else:  # the first caption of 2n held-out images
+        prompts = (evaluation_prompts(n, seed, stream=stream)
+                   + evaluation_prompts(holdout, seed, "holdout", stream))
+    else:  # the first caption of 2n test images
         test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, seed, stream)
         prompts = [c[0] for c in test.captions[:2 * n]]
     torch.manual_seed(0)
@@ -502,6 +449,7 @@ def main(argv=None):
     parser.add_argument("--guidance", default="0,1,2,4", help="the DDPM's guidance scales")
     parser.add_argument("--per-class", type=int, default=50, help="samples per class")
     args = parser.parse_args(argv)
+    command = " ".join(["python"] + sys.argv)
     if args.ddpm_quality:
         ddpm, classifier = (restore_model(load_checkpoint(os.path.join(args.models, f"{s}.pt"),
                                                           s)) for s in ("ddpm", "classifier"))
@@ -512,16 +460,14 @@ def main(argv=None):
             [float(s) for s in args.guidance.split(",")], args.per_class)
         print(figures)
         with open(os.path.join(args.models, "ddpm_quality.json"), "w") as f:
-            json.dump(dict(figures, per_class=args.per_class,
-                           command=" ".join(["python"] + sys.argv)), f, indent=1)
+            json.dump(dict(figures, per_class=args.per_class, command=command), f, indent=1)
         return
     model = load_clip(args.models)
     test = datasets.load_data(args.zero_shot, model.cfg.resolution, split="test")
     if test.labels is None:
         raise ValueError(f"{args.zero_shot} has no class labels to classify by")
     figures = {"zero_shot_accuracy": zero_shot_accuracy(model, test),
-               "chance": 1 / len(test.class_names), "images": len(test),
-               "command": " ".join(["python"] + sys.argv)}
+               "chance": 1 / len(test.class_names), "images": len(test), "command": command}
     print(figures)
     with open(os.path.join(args.models, "zero_shot.json"), "w") as f:
         json.dump(figures, f, indent=1)

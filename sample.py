@@ -8,11 +8,9 @@
     python sample.py ddpm --class circle --guidance 3 --out circles.png
     python sample.py codes --ckpt runs/vq/code_prior.pt --n 64   # VQ-VAE codes, then decoded
 
-The unCLIP jobs read what `python train.py` wrote to --models (default out/): clip.pt, prior.pt
-(or ar_prior.pt with --prior ar), decoder.pt and the upsamplers present, and call unclip.py's
-functions. Guidance scales are classifier-free (0: unconditional, 1: conditional, > 1: guided);
---classifier-scale multiplies a noisy classifier's gradient. --out FILE.png writes a grid, --out
-DIR one PNG per image (unclip: DIR/{prompt:04d}_{sample}.png, prompt i being line i of --prompts).
+The unCLIP jobs call unclip.py's functions on the models `python train.py` wrote to --models.
+Guidance scales are classifier-free (0: unconditional, 1: conditional, > 1: guided). --out
+FILE.png writes a grid, --out DIR one PNG per image (unclip: DIR/{prompt:04d}_{sample}.png).
 """
 import argparse
 import sys
@@ -23,11 +21,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data as datasets
-from data import write_images
 import unclip
-from shapes import SHAPES
 from checkpoint import CheckpointError, load_checkpoint, load_unclip, pick_device, restore_model
+from data import write_images
 from diffusion import classifier_guidance
+from shapes import SHAPES
 
 
 def read_image(clip_model, path):
@@ -43,8 +41,7 @@ def load_cascade(args):
     return models
 
 
-def draw(args):
-    """The decoder's and upsamplers' settings (None: each model's own)."""
+def draw(args):  # the decoder's and upsamplers' settings (None: each model's own)
     return dict(decoder_guidance=args.decoder_guidance, steps=args.steps,
                 upsampler_steps=args.upsampler_steps)
 
@@ -158,7 +155,8 @@ def parser_for_jobs():
             p.add_argument("--class", dest="class_", help="class name or index")
             p.add_argument("--guidance", type=float, default=1.0, help="classifier-free scale")
             p.add_argument("--classifier", help="a noisy classifier checkpoint for guidance")
-            p.add_argument("--classifier-scale", type=float, default=1.0)
+            p.add_argument("--classifier-scale", type=float, default=1.0,
+                           help="multiplies the noisy classifier's gradient")
             p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
             p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic")
             continue

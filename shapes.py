@@ -1,21 +1,19 @@
 """The shapes world: scenes whose every caption word can be checked against the pixels.
 
-The project's built-in data set (its specification: docs/shapes.md).
-A scene is one object at a position ("a small red circle on the left") or two objects in a
-relation ("a large blue square above a small green triangle"), drawn flat on white. Because the
-vocabulary is closed, a caption can be parsed back into attributes and an image judged against
-it exactly: `check_image` finds the objects by colour and measures their shape, size and place.
-That makes text-to-image quality a number, not an impression.
+The project's built-in data set (its specification: docs/shapes.md). A scene is one object at
+a position ("a small red circle on the left") or two objects in a relation ("a large blue square
+above a small green triangle"), drawn flat on white. Because the vocabulary is closed, a caption
+can be parsed back into attributes and an image judged against it exactly: `check_image` finds
+the objects by colour and measures their shape, size and place. That makes text-to-image
+quality a number, not an impression.
 
 Defines: the vocabulary (COLOURS, SHAPES, SIZES, POSITIONS, RELATIONS, PREFIXES, HOLDOUT_PAIRS),
-the named seeds (STREAMS),
-caption_of, one_object_captions, scene_key, minimal_foils and contrastive_targets (the caption
-grammar, and CLIP's hard negatives made from it), render, ShapesDataset (scene i is a pure
-function of seed, stream and i), strip_prefix, parse_caption, is_shapes_caption, find_objects,
-check_image, check_images, shape_judgements and attribute_entropy (the checker).
-Run `python shapes.py` to draw a grid of scenes with their captions and score the checker on
-1,000 rendered scenes.
-"""
+the named seeds (STREAMS), caption_of, one_object_captions, scene_key, minimal_foils and
+contrastive_targets (the caption grammar, and CLIP's hard negatives made from it), render,
+ShapesDataset (scene i is a pure function of seed, stream and i), strip_prefix, parse_caption,
+is_shapes_caption, find_objects, check_image, check_images, shape_judgements and
+attribute_entropy (the checker). Run `python shapes.py` to draw a grid of scenes with their
+captions and score the checker on 1,000 rendered scenes."""
 import itertools
 import math
 import os
@@ -27,16 +25,12 @@ from PIL import Image, ImageDraw
 # ----------------------------------------------------------------------------------------------
 # The shapes vocabulary (spec: "Vocabulary"). Coordinates live on a 64-pixel canvas.
 
-COLOURS = {
-    "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (235, 210, 40),
-    "green": (40, 170, 70), "blue": (40, 90, 220), "purple": (150, 60, 190),
-}
+COLOURS = {"red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (235, 210, 40),
+           "green": (40, 170, 70), "blue": (40, 90, 220), "purple": (150, 60, 190)}
 SHAPES = ("circle", "square", "triangle")  # the class label is the index of object A's shape
 SIZES = {"small": 16, "large": 28}
-POSITIONS = {  # position phrase -> anchor centre
-    "on the left": (16, 32), "on the right": (48, 32), "at the top": (32, 16),
-    "at the bottom": (32, 48), "in the center": (32, 32),
-}
+POSITIONS = {"on the left": (16, 32), "on the right": (48, 32), "at the top": (32, 16),
+             "at the bottom": (32, 48), "in the center": (32, 32)}  # phrase -> anchor centre
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 PREFIXES = ("", "a picture of ", "an image of ", "a drawing of ")
 HOLDOUT_PAIRS = {("green", "triangle"), ("purple", "circle"), ("orange", "square")}
@@ -60,13 +54,12 @@ def _place(obj, anchor, rng):
 
 
 def _random_scene(rng):
-    colour_names = list(COLOURS)
     if rng.integers(2) == 0:  # one object, half the scenes
-        obj = _object(rng, colour_names[rng.integers(6)])
+        obj = _object(rng, list(COLOURS)[rng.integers(6)])
         position = list(POSITIONS)[rng.integers(5)]
         return {"objects": [_place(obj, POSITIONS[position], rng)], "position": position}
     colour_a, colour_b = rng.choice(6, size=2, replace=False)  # two different colours
-    a, b = _object(rng, colour_names[colour_a]), _object(rng, colour_names[colour_b])
+    a, b = _object(rng, list(COLOURS)[colour_a]), _object(rng, list(COLOURS)[colour_b])
     relation = RELATIONS[rng.integers(4)]
     first, second = {"to the left of": ((16, 32), (48, 32)),
                      "to the right of": ((48, 32), (16, 32)),
@@ -81,12 +74,10 @@ def _in_split(scene, split):
 
 def caption_of(attributes):
     """The canonical caption (no prefix) of a scene's attributes."""
-    def name(o):
-        return f"a {o['size']} {o['colour']} {o['shape']}"
-    objs = attributes["objects"]
-    if len(objs) == 1:
-        return f"{name(objs[0])} {attributes['position']}"
-    return f"{name(objs[0])} {attributes['relation']} {name(objs[1])}"
+    names = [f"a {o['size']} {o['colour']} {o['shape']}" for o in attributes["objects"]]
+    if len(names) == 1:
+        return f"{names[0]} {attributes['position']}"
+    return f"{names[0]} {attributes['relation']} {names[1]}"
 
 
 def one_object_captions(**fixed):
@@ -98,8 +89,7 @@ def one_object_captions(**fixed):
         choices["size"], choices["colour"], choices["shape"], choices["position"])]
 
 
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
-            "above": "below", "below": "above"}
+OPPOSITE = dict(zip(RELATIONS, ("to the right of", "to the left of", "below", "above")))
 
 
 def scene_key(caption):
@@ -113,11 +103,10 @@ def scene_key(caption):
 
 
 def minimal_foils(caption):
-    """A two-object caption's minimal foils: captions one edit away that are false of its scene,
-    {kind: foil}. Kinds: the relation reversed, the two objects trading places, trading colours,
-    trading shapes (left out when both have one shape: the edit would change nothing). A model
-    that matches the true caption better than each foil binds attributes to objects (the
-    Winoground / ARO style of test: Thrush et al. 2022, Yuksekgonul et al. 2023)."""
+    """{kind: foil}, a two-object caption's minimal foils (one edit away, false of its scene): the
+    relation reversed, the objects trading places, colours or shapes (left out when the two share
+    it: the edit would change nothing). A model that prefers the true caption to each foil binds
+    attributes to objects (Winoground / ARO style: Thrush et al. 2022, Yuksekgonul et al. 2023)."""
     scene = parse_caption(caption)
     a, b = scene["objects"]
     relation = scene["relation"]
@@ -150,9 +139,8 @@ def contrastive_targets(captions, hard_negatives):
 
 
 def render(attributes, resolution=32):
-    """Draw a scene: at 4x for anti-aliasing, box-filtered down; below 64 px from the 64 px image.
-
-    Returns a uint8 array (H, W, 3)."""
+    """Draw a scene -> uint8 (H, W, 3): at 4x for anti-aliasing, box-filtered down; below 64 px
+    from the 64 px image."""
     draw_res = max(resolution, CANVAS)
     scale = 4 * draw_res / CANVAS  # canvas pixels -> drawing pixels
     img = Image.new("RGB", (4 * draw_res,) * 2, (255, 255, 255))
@@ -162,10 +150,8 @@ def render(attributes, resolution=32):
         # PIL's boxes include their far edge: stop one drawing pixel short so the extent is exact.
         box = [(cx - h) * scale, (cy - h) * scale, (cx + h) * scale - 1, (cy + h) * scale - 1]
         colour = COLOURS[o["colour"]]
-        if o["shape"] == "circle":
-            pen.ellipse(box, fill=colour)
-        elif o["shape"] == "square":
-            pen.rectangle(box, fill=colour)
+        if o["shape"] in ("circle", "square"):
+            (pen.ellipse if o["shape"] == "circle" else pen.rectangle)(box, fill=colour)
         else:  # isosceles, apex up, base = height
             pen.polygon([(cx * scale, box[1]), (box[2], box[3]), (box[0], box[3])], fill=colour)
     img = img.resize((draw_res,) * 2, Image.BOX)
@@ -175,14 +161,11 @@ def render(attributes, resolution=32):
 
 
 class ShapesDataset(torch.utils.data.Dataset):
-    """n captioned scenes; item i is a pure function of (seed, i, split).
-
-    split: None (all colour-shape pairs), "train" (never a HOLDOUT_PAIRS pair) or "holdout" (at
-    least one). prefixes=True puts one of PREFIXES (uniformly) before the caption, for training.
-    objects=1 or 2 keeps only scenes with that many objects (a filtered view of the spec's mix).
-    stream: "train", "dev" or "test" (STREAMS), three independent draws for one seed: no
-    development or test scene is a training scene, whatever the seed.
-    """
+    """n captioned scenes; item i is a pure function of (seed, stream, split, i). stream: one of
+    STREAMS, independent draws for one seed (no development or test scene is a training scene,
+    whatever the seed). split: None (all colour-shape pairs), "train" (no HOLDOUT_PAIRS pair) or
+    "holdout" (at least one). prefixes=True: one of PREFIXES (uniformly) before the caption, for
+    training. objects=1 or 2: only scenes with that many objects (the spec's mix, filtered)."""
 
     def __init__(self, n, resolution=32, seed=0, split=None, prefixes=False, objects=None,
                  stream="train"):
@@ -194,9 +177,8 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise ValueError(f"shapes resolution must be a power of two >= 8, got {resolution}")
         if objects not in (None, 1, 2):
             raise ValueError(f"objects must be None (both), 1 or 2, got {objects!r}")
-        self.n, self.resolution, self.seed, self.split, self.prefixes, self.objects = (
-            n, resolution, seed, split, prefixes, objects)
-        self.stream = stream
+        self.n, self.resolution, self.seed, self.split, self.prefixes, self.objects, self.stream = (
+            n, resolution, seed, split, prefixes, objects, stream)
 
     def __len__(self):
         return self.n
@@ -208,10 +190,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i, split, STREAMS.index(self.stream)])
         while True:  # rejection keeps the distribution within the split uniform
             scene = _random_scene(rng)
-            count_ok = self.objects in (None, len(scene["objects"]))
-            if count_ok and _in_split(scene, self.split):
-                prefix = PREFIXES[rng.integers(4)] if self.prefixes else ""
-                return scene, prefix
+            if self.objects in (None, len(scene["objects"])) and _in_split(scene, self.split):
+                return scene, (PREFIXES[rng.integers(4)] if self.prefixes else "")
 
     def __getitem__(self, i):
         if not 0 <= i < self.n:
@@ -227,10 +207,7 @@ class ShapesDataset(torch.utils.data.Dataset):
 
 def strip_prefix(caption):
     """"a picture of a red circle on the left" -> "a red circle on the left"."""
-    for prefix in PREFIXES[1:]:
-        if caption.startswith(prefix):
-            return caption[len(prefix):]
-    return caption
+    return next((caption[len(p):] for p in PREFIXES[1:] if caption.startswith(p)), caption)
 
 
 def parse_caption(caption):
@@ -265,11 +242,9 @@ def is_shapes_caption(caption):
 
 
 def find_objects(image):
-    """Detect flat-coloured objects on white: one per palette colour present.
-
-    A pixel p is read as a blend a * c + (1 - a) * white of the nearest palette colour c, so the
-    anti-aliased edges count fractionally. Returns a list of dicts with colour, shape, size and
-    centre (canvas coordinates, i.e. scaled to 64 px)."""
+    """Detect flat-coloured objects on white, one per palette colour present -> [{colour, shape,
+    area, size, centre}] (centre in 64 px canvas coordinates). A pixel p is read as a blend
+    a * c + (1 - a) * white of its nearest palette colour c, so anti-aliased edges count in part."""
     x = image.float() if image.dtype == torch.uint8 else (image.float().clamp(-1, 1) + 1) * 127.5
     res = x.shape[-1]
     d = (255 - x).reshape(3, -1).T.double()                                 # (HW, 3) ink
@@ -280,7 +255,7 @@ def find_objects(image):
     coverage = a.gather(1, best[:, None])[:, 0]
     coverage[(residual.min(1).values > 60) | (d.norm(dim=1) < 40)] = 0  # not ink of our palette
     min_area = 0.3 * (SIZES["small"] * res / CANVAS) ** 2 * 0.5  # 30% of a small triangle
-    objects = []
+    grid, s, objects = torch.arange(res, dtype=torch.float64) + 0.5, CANVAS / res, []
     for k, colour in enumerate(COLOURS):
         cov = torch.where(best == k, coverage, 0.0).reshape(res, res)       # (H, W)
         area = cov.sum().item()
@@ -288,12 +263,10 @@ def find_objects(image):
             continue
         cols, rows = cov.max(0).values, cov.max(1).values  # soft extent along x and y
         width, height = cols.sum().item(), rows.sum().item()
-        grid = torch.arange(res, dtype=torch.float64) + 0.5
         cx, cy = (cols * grid).sum().item() / width, (rows * grid).sum().item() / height
         fill = area / max(width * height, 1e-9)
         upper = cov[grid[:, None].expand(res, res) < cy].sum().item() / area  # mass above centre
         shape = "triangle" if upper < 0.37 else ("square" if fill > 0.89 else "circle")
-        s = CANVAS / res
         objects.append({"colour": colour, "shape": shape, "area": area,
                         "size": "large" if (width + height) / 2 * s > 22 else "small",
                         "centre": (cx * s, cy * s)})
@@ -312,27 +285,20 @@ def _relation_of(a, b):
 
 
 def check_image(image, caption):
-    """Judge one image (3, H, W; uint8 or [-1, 1]) against one canonical caption.
-
-    Returns {attribute: bool}: colour/shape/size of each named object (a_colour, b_shape, ...),
-    position (one object) or relation (two objects), no_stray (no other object), and exact (all)."""
-    want = parse_caption(caption)
-    found = find_objects(image)
-    n = len(want["objects"])
-    best = None
+    """Judge one image (3, H, W; uint8 or [-1, 1]) against one canonical caption -> {attribute:
+    bool}: colour/shape/size of each named object (a_colour, b_shape, ...), position (one object)
+    or relation (two objects), no_stray (no other object), and exact (all)."""
+    want, found = parse_caption(caption), find_objects(image)
+    n, best = len(want["objects"]), None
     # Match detected objects to named ones by the assignment that agrees on most attributes.
     for order in itertools.permutations(found, min(n, len(found))):
-        order = list(order)
-        result = {}
-        for name, w, f in zip("ab", want["objects"], order + [None] * (n - len(order))):
-            for key in ("colour", "shape", "size"):
-                result[f"{name}_{key}"] = f is not None and f[key] == w[key]
-        if n == 1:
-            result["position"] = (bool(order)
-                                  and _position_of(order[0]["centre"]) == want["position"])
-        else:
-            result["relation"] = (len(order) == 2
-                                  and _relation_of(order[0], order[1]) == want["relation"])
+        padded = list(order) + [None] * (n - len(order))  # a named object left unmatched: None
+        result = {f"{name}_{key}": f is not None and f[key] == w[key]
+                  for name, w, f in zip("ab", want["objects"], padded)
+                  for key in ("colour", "shape", "size")}
+        place = "position" if n == 1 else "relation"
+        result[place] = len(order) == n and want[place] == (
+            _position_of(order[0]["centre"]) if n == 1 else _relation_of(*order))
         if best is None or sum(result.values()) > sum(best.values()):
             best = result
     best["no_stray"] = len(found) == n
@@ -342,17 +308,13 @@ def check_image(image, caption):
 
 def check_images(images, captions):
     """Summary over many: exact-match and per-attribute rates, one- and two-object prompts apart."""
-    groups = {"one": [], "two": []}
-    for image, caption in zip(images, captions):
-        result = check_image(image, caption)
-        groups["one" if "position" in result else "two"].append(result)
+    everything = [check_image(image, caption) for image, caption in zip(images, captions)]
     summary = {}
-    for group, results in groups.items():
+    for group, place in (("one", "position"), ("two", "relation")):
+        results = [r for r in everything if place in r]
         if results:
-            summary[group] = {key: sum(r[key] for r in results) / len(results)
-                              for key in results[0]}
+            summary[group] = {k: sum(r[k] for r in results) / len(results) for k in results[0]}
             summary[group]["n"] = len(results)
-    everything = groups["one"] + groups["two"]
     summary["exact"] = sum(r["exact"] for r in everything) / max(len(everything), 1)
     return summary
 
@@ -360,8 +322,7 @@ def check_images(images, captions):
 def shape_judgements(images, shapes):
     """For class-conditional samples: per image, the attributes of the single object found
     (None when there is not exactly one) and whether its shape is the requested one."""
-    found = [find_objects(image) for image in images]
-    objects = [objs[0] if len(objs) == 1 else None for objs in found]
+    objects = [objs[0] if len(objs) == 1 else None for objs in map(find_objects, images)]
     return objects, [o is not None and o["shape"] == s for o, s in zip(objects, shapes)]
 
 
@@ -382,16 +343,15 @@ if __name__ == "__main__":
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    dataset = ShapesDataset(16, resolution=64, seed=0)
     fig, axes = plt.subplots(4, 4, figsize=(12, 13))
-    for ax, item in zip(axes.flat, dataset):
+    for ax, item in zip(axes.flat, ShapesDataset(16, resolution=64, seed=0)):
         ax.imshow((item["image"].permute(1, 2, 0) + 1) / 2)
         ax.set_title(item["caption"].replace(" a ", "\na ", 1), fontsize=8)
         ax.axis("off")
     os.makedirs("out", exist_ok=True)
     fig.savefig("out/shapes.png", dpi=80, bbox_inches="tight")
     for res in (32, 64):
-        dataset = ShapesDataset(1000, resolution=res, seed=1)
+        dataset = ShapesDataset(1000, resolution=res, seed=0, stream="test")
         scenes = [dataset.attributes(i)[0] for i in range(len(dataset))]
         images = torch.from_numpy(np.stack([render(s, res) for s in scenes])).permute(0, 3, 1, 2)
         summary = check_images(images, [caption_of(s) for s in scenes])

@@ -1,20 +1,15 @@
 """The stages: what each rung of the ladder trains, what it reads, its loss and its settings.
 
-One table, STAGES, says for every stage that `python train.py STAGE` knows: its model's config
-dataclass and class, how one batch becomes its loss, the trained model it needs first (the
-frozen CLIP for the priors and the decoder, the frozen VQ-VAE for the code prior), whether bf16
-autocast pays on a CPU with native bf16, and its run on the CPU preset. MAIN_JOB is unCLIP's
-order: CLIP, prior, decoder, upsampler (the paper's Fig. 2, left to right).
+STAGES holds, for every stage `python train.py STAGE` knows, its model's config dataclass and
+class, how a batch becomes its loss, the trained model it reads first (frozen), whether bf16
+autocast pays on a bf16 CPU, and its run on the CPU preset; MAIN_JOB is unCLIP's order (the
+paper's Fig. 2). A setting comes from, later winning: RUN_DEFAULTS or the model's dataclass, the
+stage's run, the preset, the --key=value flags (resolve_settings). Then the preparation before
+the first step: what a model takes from its data and from the model it reads.
 
-A setting comes from, later winning: RUN_DEFAULTS or the model's dataclass (whose defaults are
-the CPU values), the stage's run, the preset, the command line's --key=value flags
-(`resolve_settings`). The preparation a stage needs before its first step is here too: the
-fields a model takes from its data and from the model it reads, CLIP's features of the whole
-data set computed once, the code prior's frozen VQ-VAE, the AR prior's codebook.
-
-Defines: RUN_DEFAULTS, CHOICES, the losses, Stage, STAGES, MAIN_JOB, PRESETS, parse_value,
-resolve_settings, build_model, clip_sizes, frozen_fields, data_fields,
-cache_clip_embeddings, prepare.
+Defines: RUN_DEFAULTS, CHOICES, the losses, Stage, autoencoder, STAGES, MAIN_JOB, PRESETS,
+stage_of, model_fields, parse_value, resolve_settings, build_model, clip_sizes, frozen_fields,
+data_fields, cache_clip_embeddings, prepare.
 Run `python stages.py` to print every stage's CPU settings.
 """
 import dataclasses
@@ -38,15 +33,13 @@ RUN_DEFAULTS = dict(
     batch_size=64,
     lr=1e-3,
     warmup=100,            # linear learning-rate warm-up steps, then
-    lr_schedule="constant",  # or "cosine": decay to 0 at the last step (both depend on the
-                             # step alone, so resuming is exact)
+    lr_schedule="constant",  # or "cosine" to 0 at the last step (by the step alone: exact resume)
     weight_decay=0.0,
     grad_clip=1.0,
     ema_decay=0.0,         # 0: no EMA of the weights; sampling uses the EMA when there is one
     checkpoint_every=500,
     on_nonfinite="stop",   # "stop" or "skip" a step whose loss is NaN or infinite
-    precision="auto",      # auto: bf16 autocast on a GPU, and on a bf16 CPU where it pays; or
-                           # bf16; or fp32
+    precision="auto",      # bf16 autocast on a GPU and where a bf16 CPU gains (Stage.cpu_bf16)
     compile=False,         # torch.compile the loss (a GPU's speed-up; minutes of compiling)
 )
 CHOICES = dict(on_nonfinite=("stop", "skip"), precision=("auto", "bf16", "fp32"),
@@ -73,8 +66,7 @@ def contrastive_loss(model, images, captions, labels, features):
 
 
 def prior_loss(model, images, captions, labels, features):
-    z_i, z_t, tokens = features
-    return model.loss(z_i, z_t, tokens)
+    return model.loss(*features)                                           # z_i, z_t, tokens
 
 
 def decoder_loss(model, images, captions, labels, features):
@@ -93,15 +85,14 @@ class Stage:
     run: dict              # the CPU preset's run of this stage, over RUN_DEFAULTS
     reads: str = None      # the stage whose trained model it needs first, frozen
     fixed: dict = dataclasses.field(default_factory=dict)  # model fields no flag may set
-    cpu_bf16: bool = False  # convolutions run faster in bf16 on a bf16 CPU; transformers slower
-    # (`python bench/throughput.py --levers`)
+    cpu_bf16: bool = False  # its convolutions gain from bf16 on a bf16 CPU (bench/throughput.py)
 
 
 def autoencoder(kind):
     return Stage(VAEConfig, AutoEncoder, image_loss, dict(lr=2e-3), fixed=dict(kind=kind))
 
 
-# The CPU preset: each stage's run on shapes, unCLIP's four sized to train in about 17 minutes on
+# The CPU preset: each stage's run on shapes, unCLIP's four sized to train in 16-18 minutes on
 # 2 cores. The DDPM learns one-object scenes (so "the requested shape" is unambiguous); upsampler2
 # is the upsampler set up as the paper's second, harsher one (64 -> 128 px).
 STAGES = {
@@ -134,10 +125,9 @@ STAGES = {
 }
 MAIN_JOB = ("clip", "prior", "decoder", "upsampler")
 
-# One-GPU presets, overrides for every stage ("all") and per stage: unCLIP on CIFAR-10 (32 -> 64
-# px; with `ddpm`, the class-conditional DDPM), on Flickr8k (32 -> 64 px) and on COCO (64 -> 128
-# px). Steps are sized by counted FLOPs (`python bench/throughput.py --presets`) and epochs; no
-# preset has been timed on a GPU.
+# One-GPU presets, overrides for all stages and per stage: unCLIP on CIFAR-10 (and its class-
+# conditional DDPM) and Flickr8k at 32 -> 64 px, on COCO at 64 -> 128 px; steps sized by counted
+# FLOPs (`python bench/throughput.py --presets`) and epochs, not yet timed on a GPU.
 GPU_UNET = dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
                 attention_resolutions=(16, 8))
 GPU_DIFFUSION = dict(lr=2e-4, ema_decay=0.9999, warmup=1000, batch_size=128)
@@ -269,7 +259,7 @@ def frozen_fields(name, config, frozen, run):
 
 def data_fields(name, config, data):
     """What a model takes from its data: the number of classes, CLIP's word vocabulary."""
-    if STAGES[name].loss is labelled_loss and "num_classes" not in config:
+    if "num_classes" in model_fields(name) and "num_classes" not in config:
         config = dict(config, num_classes=len(data.class_names) if data.labels is not None else 0)
     if name == "classifier" and config["num_classes"] < 2:
         raise ValueError("a classifier needs data with 2+ classes: shapes, cifar10:PATH, a folder")
@@ -306,6 +296,6 @@ def prepare(model, frozen, data, clip_cache, resumed):
 if __name__ == "__main__":
     for name in STAGES:
         run, config = resolve_settings(name)
-        changed = ", ".join(f"{k}={v}" for k, v in {**run, **config}.items()
-                            if v != RUN_DEFAULTS.get(k, model_fields(name).get(k)))
+        changed = {k: v for k, v in {**run, **config}.items()
+                   if v != RUN_DEFAULTS.get(k, model_fields(name).get(k))}
         print(f"{name}: reads {STAGES[name].reads or 'data'}; {changed or 'the defaults'}")

@@ -14,7 +14,7 @@ What each stage is, reads and trains with, and the settings it resolves to (the 
 its run on the CPU preset, --preset, the flags) live in stages.py. Each step's randomness comes
 from a seed made of (--seed, step), so a run continued with --resume takes exactly the steps an
 uninterrupted one would. Writes OUT/STAGE.pt (atomically), OUT/STAGE_log.jsonl (each step's
-figures) and OUT/STAGE_metrics.json (held-out figures, evaluate.py).
+figures) and OUT/STAGE_metrics.json (figures on test data, evaluate.py).
 
 Under torchrun, PyTorch's DistributedDataParallel does the rest: every process draws the same
 step's batch, takes its 1/N share of it (--batch_size stays the global batch), and the gradients
@@ -61,10 +61,9 @@ def learning_rate(run, step):
 
 
 class EMA:
-    """An exponential moving average of a model's weights, used for sampling:
-    theta_ema <- d theta_ema + (1 - d) theta after each optimiser step, with the decay warmed up,
-    d = min(decay, (1 + step) / (10 + step)): otherwise a short run's average still holds a
-    share decay^steps of the initial weights (0.995^500 = 8%, enough to tint every sample)."""
+    """The weights' moving average, for sampling: theta_ema <- d theta_ema + (1 - d) theta after
+    each step, d = min(decay, (1 + step) / (10 + step)), warmed up or a short run's average keeps
+    decay^steps of the initial weights (0.995^500 = 8%, enough to tint every sample)."""
 
     def __init__(self, model, decay):
         self.decay = decay
@@ -123,8 +122,7 @@ def speed_options(device, run, cpu_bf16):
 
 def join_processes(device, batch_size):
     """(device, rank, number of processes). Under torchrun (which sets WORLD_SIZE, RANK and
-    LOCAL_RANK) this joins PyTorch's process group once, NCCL between GPUs and gloo between
-    CPUs, and takes one GPU a process. Alone: (device, 0, 1)."""
+    LOCAL_RANK): join the process group once (NCCL on GPUs, gloo on CPUs), one GPU a process."""
     device = pick_device(device)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
@@ -270,8 +268,9 @@ def write_metrics(out, name, figures):
           + f"\nwrote {out}/{name}_metrics.json and pictures in {out}/")
 
 
-def run_stage(name, args, flags, ignore_unknown=False):
-    """Train one stage (with --eval: load it), evaluate it, write OUT/NAME_metrics.json."""
+def run_stage(name, args, flags, main_job=False):
+    """Train one stage (with --eval: load it), evaluate it, write OUT/NAME_metrics.json. Each
+    stage of the main job takes the flags it has."""
     tic = time.time()
     if args.eval:
         state = load_checkpoint(os.path.join(args.out, f"{name}.pt"), name)
@@ -280,10 +279,10 @@ def run_stage(name, args, flags, ignore_unknown=False):
         train_data = datasets.load_data(run["data"], run["resolution"], run["n_train"], seed)
         figures = {}
     else:
-        run, config = resolve_settings(name, args.preset, flags, ignore_unknown)
+        run, config = resolve_settings(name, args.preset, flags, ignore_unknown=main_job)
         seed = args.seed
         # The main job resumes the stages it has checkpoints for and starts the others.
-        resume = args.resume and (not ignore_unknown
+        resume = args.resume and (not main_job
                                   or os.path.exists(os.path.join(args.out, f"{name}.pt")))
         model, ema, train_data = train(name, run, config, args.out, seed, args.device, resume,
                                        args.quiet)
@@ -291,7 +290,7 @@ def run_stage(name, args, flags, ignore_unknown=False):
         figures = {"train_seconds": round(time.time() - tic, 1)}
         if args.no_eval or not is_rank_zero():
             return
-        if ignore_unknown and name == "decoder":  # the main job spends its minutes training:
+        if main_job and name == "decoder":  # the main job spends its minutes training:
             write_metrics(args.out, name, figures)  # `train.py decoder --eval` for the ceiling
             return
     test_data = datasets.load_data(run["data"], run["resolution"], 1000, seed, "test")
@@ -302,11 +301,12 @@ def run_stage(name, args, flags, ignore_unknown=False):
 
 
 def main(argv=None):
+    common = ("data", "resolution", "steps", "batch_size")  # settings with a flag of their own
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("stage", nargs="?", default="unclip",
                         help=f"unclip (the main job) or one of: {', '.join(STAGES)}")
     parser.add_argument("--preset", default="cpu", help=", ".join(PRESETS))
-    for key in ("data", "resolution", "steps", "batch_size"):  # the common ones, spelt out
+    for key in common:
         parser.add_argument("--" + key.replace("_", "-"), dest=key)
     parser.add_argument("--out", default="out")
     parser.add_argument("--seed", type=int, default=0)
@@ -317,9 +317,8 @@ def main(argv=None):
     parser.add_argument("--no-eval", action="store_true", help="train only; no figures")
     parser.add_argument("--print-settings", action="store_true", help="print them as JSON")
     args, flags = parser.parse_known_args(argv)
-    flags = [f"--{key}={getattr(args, key)}" for key in ("data", "resolution", "steps",
-                                                          "batch_size")
-             if getattr(args, key) is not None] + flags
+    flags = [f"--{key}={getattr(args, key)}" for key in common if getattr(args, key) is not None
+             ] + flags
     try:
         names = MAIN_JOB if args.stage == "unclip" else [args.stage]
         known = set(RUN_DEFAULTS).union(*(model_fields(name) for name in names))
@@ -333,9 +332,10 @@ def main(argv=None):
             return
         tic = time.time()
         for name in names:
-            run_stage(name, args, flags, ignore_unknown=len(names) > 1)
+            run_stage(name, args, flags, main_job=len(names) > 1)
         if len(names) > 1 and not args.no_eval and is_rank_zero():
-            figures = evaluate_unclip(args.out, pick_device(args.device), args.seed)
+            seed = load_checkpoint(os.path.join(args.out, "decoder.pt"), "decoder")["seed"]
+            figures = evaluate_unclip(args.out, pick_device(args.device), seed)
             write_metrics(args.out, "unclip", dict(figures,
                                                    total_seconds=round(time.time() - tic, 1)))
     except (ValueError, OSError, FloatingPointError) as e:  # user-facing errors: one line

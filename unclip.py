@@ -9,14 +9,13 @@ so that P(x | y) = P(x | z_i, y) P(z_i | y)                (unCLIP eq. 1).
 
 Because the decoder inverts CLIP's image embedding, the embedding itself becomes a handle on
 images, with no caption at all (section 3):
-  - variations (Fig. 3): decode one image's z_i several times; what CLIP keeps stays, the rest
-    (what CLIP ignores) varies;
+  - variations (Fig. 3): decode one image's z_i many times: what CLIP keeps stays, the rest varies;
   - interpolations (Fig. 4): slerp between two images' z_i, decoding each with the same noise;
   - text diffs (Fig. 5): rotate an image's z_i towards the difference of two captions' z_t.
 
-Defines: slerp, text_diff (the embedding operations); unclip_sample (text -> images at every
-resolution) and decode (image embeddings -> images), the cascade's two samplers; and the
-section 3 figures, each from loaded models: variations, interpolate, text_diff_images.
+Defines: slerp, text_diff (the embedding operations); the cascade's two samplers, unclip_sample
+(text -> images at every resolution) and decode (image embeddings -> images); and section 3's
+figures from loaded models: image_embedding, variations, interpolate, text_diff_images.
 Run `python unclip.py` after `python train.py` to draw a few prompts with the trained cascade;
 `python sample.py variations|interpolate|text-diff ...` draws the figures from image files.
 """
@@ -49,11 +48,10 @@ def text_diff(z_i, z_t_before, z_t_after, theta):
 def unclip_sample(clip, prior, decoder, upsamplers, captions, prior_guidance=1.0,
                   decoder_guidance=None, steps=None, upsampler_steps=None, bf16=False):
     """Captions -> the images at every resolution of the cascade (a list: the decoder's
-    (B, 3, r, r), then each upsampler's; the last is the final) and the image embeddings the
-    prior chose (B, D). decoder_guidance, steps (the decoder's) and upsampler_steps None: each
-    model's own (its config's). bf16: run the decoder and upsamplers in bfloat16 autocast
-    (twice as fast where the device computes bf16 natively, and as many scenes right:
-    docs/decisions.md)."""
+    (B, 3, r, r), then each upsampler's; the last is the final) and the prior's image embeddings
+    (B, D). decoder_guidance, steps (the decoder's) and upsampler_steps None: each model's own
+    (its config's). bf16: the decoder and upsamplers in bfloat16 autocast (twice as fast where the
+    device computes bf16 natively, as many scenes right: docs/decisions.md)."""
     z_t, tokens = clip.encode_text(captions, return_tokens=True)
     z_t = normalise_embedding(z_t)
     z_i = prior.sample(z_t, tokens, prior_guidance)
@@ -131,7 +129,7 @@ if __name__ == "__main__":
     import data as datasets
     from checkpoint import load_unclip
     if not os.path.exists("out/upsampler.pt"):
-        sys.exit("no trained cascade in out/: run `python train.py` first (about 20 minutes)")
+        sys.exit("no trained cascade in out/: run `python train.py` first (16-18 minutes)")
     clip_model, prior, decoder, upsamplers = load_unclip("out")
     prompts = ["a large red circle in the center", "a small blue square at the top",
                "a large green triangle to the left of a small yellow circle"]

@@ -1,11 +1,10 @@
 """The U-Net: the network inside every image diffusion model here.
 
-A diffusion model's network maps a noisy image x_t and its timestep t to an image-shaped
-prediction (the noise, x_0 or v). The U-Net halves the resolution level by level and doubles it
-back, each up block also reading the down path's output at its size (a skip connection), so detail
-bypasses the bottleneck. Every residual block adds the timestep's embedding (plus a label's or a
-vector condition's); attention at low resolutions lets distant pixels agree, and reads context
-tokens (a caption) when given them.
+A diffusion model's network maps a noisy image x_t and its timestep t to an image-shaped prediction
+(the noise, x_0 or v). The U-Net halves the resolution level by level and doubles it back, each up
+block also reading the down path's output at its size (a skip connection), so detail bypasses the
+bottleneck. Every residual block adds the timestep's embedding (plus a label's or a vector
+condition's); attention at low resolutions lets distant pixels agree and reads any caption tokens.
 
 Papers: DDPM, Ho et al. 2020 (arXiv 2006.11239, appendix B); improved DDPM, Nichol & Dhariwal
 2021 (arXiv 2102.09672: attention heads at several resolutions); Dhariwal & Nichol 2021 (arXiv
@@ -145,11 +144,10 @@ def check_resolution(cfg):
 
 
 class UNet(nn.Module):
-    """(B, C_in, R, R), timesteps (B,), optional condition -> (B, C_out, R, R).
-
-    Conditions, each sized by the model that uses it: num_classes > 0, y (B,) class labels (label
-    num_classes is the null label); embed_dim > 0, a vector (B, E) added to the timestep
-    embedding; context_dim > 0, context tokens (B, L, D) that every attention layer attends to."""
+    """(B, C_in, R, R), timesteps (B,), optional condition -> (B, C_out, R, R). Conditions, each
+    sized by the model that uses it: num_classes > 0, y (B,) class labels (label num_classes is the
+    null label); embed_dim > 0, a vector (B, E) added to the timestep embedding; context_dim > 0,
+    context tokens (B, L, D) that every attention layer attends to."""
 
     def __init__(self, cfg, num_classes=0, embed_dim=0, context_dim=0):
         super().__init__()
@@ -165,8 +163,7 @@ class UNet(nn.Module):
         self.down, skips, res, c = nn.ModuleList(), [ch], cfg.resolution, ch
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(c, ch * mult, emb_dim, cfg.dropout)]
-                c = ch * mult
+                layers, c = [ResBlock(c, ch * mult, emb_dim, cfg.dropout)], ch * mult
                 if res in cfg.attention_resolutions:
                     layers.append(AttentionBlock(c, cfg.num_heads, context_dim))
                 self.down.append(TimestepSequential(layers))
@@ -184,8 +181,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                layers = [ResBlock(c + skips.pop(), ch * mult, emb_dim, cfg.dropout)]
-                c = ch * mult
+                layers, c = [ResBlock(c + skips.pop(), ch * mult, emb_dim, cfg.dropout)], ch * mult
                 if res in cfg.attention_resolutions:
                     layers.append(AttentionBlock(c, cfg.num_heads, context_dim))
                 if level > 0 and i == cfg.num_res_blocks:

@@ -140,7 +140,7 @@ if __name__ == "__main__":
         opt.zero_grad()
         loss.backward()
         opt.step()
-    x, _, _ = datasets.shapes_data(16, 32, seed=1).batch(torch.arange(16))
+    x, _, _ = datasets.shapes_data(16, 32, stream="test").batch(torch.arange(16))
     low = F.interpolate(x, size=16, mode="area")
     up = model.eval().sample(low, steps=20)
     bilinear = model.condition(low)

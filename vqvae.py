@@ -20,8 +20,8 @@ codes, autoregressive in raster order (their section 3.2, a PixelCNN),
 
 trained by cross-entropy on the codes of the training images with the VQ-VAE frozen; a sample's
 codes are then decoded. CodePrior is that prior as a small causal transformer (as DALL-E's and
-VQGAN's later were), the frozen VQ-VAE inside it, so one checkpoint draws images. Its held-out
-negative log-likelihood in bits per code says how much structure it found: log2 K bits if none.
+VQGAN's later were), the frozen VQ-VAE inside it, so one checkpoint draws images. Its negative
+log-likelihood on test images, in bits per code, says how much structure it found: log2 K if none.
 
 DALL-E (the first) tokenised images this way; DALL-E 2 replaced the tokens with CLIP latents.
 
@@ -182,7 +182,7 @@ class VQVAE(nn.Module):
 
 @dataclass
 class CodePriorConfig:
-    vqvae: dict = None     # the frozen VQ-VAE's config, taken from its checkpoint by train.py
+    vqvae: dict = None     # the frozen VQ-VAE's config, from its checkpoint (stages.py)
     width: int = 64
     layers: int = 4
     heads: int = 4

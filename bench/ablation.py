@@ -1,11 +1,11 @@
 """unCLIP's conditioning ablation (the paper's Fig. 8) and its PCA reconstructions (Fig. 7).
 
-(Issue 5 calls the ablation "Fig. 7"; in the paper, arXiv 2204.06125, it is Fig. 8, and Fig. 7
-shows decoding PCA reconstructions of the image embedding. The paper's numbering is used here.)
+(In the paper, arXiv 2204.06125, Fig. 8 is the ablation and Fig. 7 decodes PCA reconstructions
+of the image embedding.)
 
     python bench/ablation.py --models out --out docs
 
-Fig. 8: one decoder, several ways to condition it on held-out prompts, all scored by shapes.py's
+Fig. 8: one decoder, several ways to condition it on test prompts, all scored by shapes.py's
 checker at the decoder's resolution (exact match on one- and two-object prompts apart):
   - caption only, the image embedding zeroed (a GLIDE-like model; the decoder saw this case in
     5% of its training steps: embedding dropped 10% times caption kept 50%);

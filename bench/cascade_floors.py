@@ -28,8 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data as datasets  # noqa: E402
 from checkpoint import load_checkpoint, load_unclip  # noqa: E402
-from clip import clip_embeddings  # noqa: E402
-from clip import image_embeddings  # noqa: E402
+from clip import clip_embeddings, image_embeddings  # noqa: E402
 from evaluate import clip_score, feature_statistics, frechet_distance  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from checkpoint import load_checkpoint, load_unclip, native_bf16, pick_device  # noqa: E402
 from clip import clip_embeddings  # noqa: E402
-from evaluate import exact_match, held_out_scenes  # noqa: E402
+from evaluate import exact_match, evaluation_scenes  # noqa: E402
 from unclip import unclip_sample  # noqa: E402
 
 
@@ -48,12 +48,13 @@ def main(argv=None):
     bf16 = native_bf16(device)
     torch.manual_seed(0)
     if args.ceiling:
-        images, prompts = held_out_scenes(args.n, decoder.cfg.resolution, seed, stream="dev")
+        resolution = decoder.cfg.resolution
+        images, prompts = evaluation_scenes(args.n, resolution, seed, stream="dev")
         z_i, _, tokens = clip_embeddings(clip_model, images, prompts)
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             stages = [decoder.sample(z_i, tokens, args.decoder_guidance, args.decoder_steps)]
     else:
-        prompts = held_out_scenes(args.n, 8, seed, stream="dev")[1]
+        prompts = evaluation_scenes(args.n, 8, seed, stream="dev")[1]
         stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts,
                                   decoder_guidance=args.decoder_guidance,
                                   steps=args.decoder_steps, upsampler_steps=args.upsampler_steps,

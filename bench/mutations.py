@@ -92,9 +92,9 @@ MUTATIONS = [
      "*feature_statistics(image_embeddings(clip_model, real).cpu()))",
      "tests/test_train.py -k clip_fid"),
     ("variations-share-one-noise", "unclip.py",
-     "    return decode(clip, decoder, upsamplers, z_i, decoder_guidance, steps, upsampler_steps)\n",
-     "    return decode(clip, decoder, upsamplers, z_i, decoder_guidance, steps, upsampler_steps,\n"
-     "                  same_noise=True)\n", "tests/test_unclip.py -k figures"),
+     "z_i, decoder_guidance, steps, upsampler_steps)\n",
+     "z_i, decoder_guidance, steps, upsampler_steps,\n                  same_noise=True)\n",
+     "tests/test_unclip.py -k figures"),
     ("interpolation-draws-fresh-noise", "unclip.py",
      "x_T = torch.randn(1 if same_noise else len(z_i), 3, resolution, resolution)",
      "x_T = torch.randn(len(z_i), 3, resolution, resolution)",

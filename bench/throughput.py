@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -112,7 +111,7 @@ def measure(name, size, device, batch, steps, warmup=2):
 def cpu_preset_times(models):
     """Per-stage wall time of the main job, from the metrics `python train.py` wrote."""
     rows = []
-    for stage in ("clip", "prior", "decoder", "upsampler", "unclip"):
+    for stage in MAIN_JOB + ("unclip",):
         path = os.path.join(models, f"{stage}_metrics.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -203,7 +202,7 @@ def main():
               f"torch {torch.__version__}")
         print("| stage | caption tokens | fp32 | bf16 autocast |\n| --- | --- | --- | --- |")
         spawn = multiprocessing.get_context("spawn")
-        for stage in ("clip", "prior", "decoder", "upsampler"):
+        for stage in MAIN_JOB:
             run, config = resolve_settings(stage)
             for tokenizer in ("byte", "word") if stage != "upsampler" else ("-",):
                 speeds = []

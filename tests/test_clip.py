@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import clip
-import shapes
 import train
 from checkpoint import CheckpointError, load_clip, save_checkpoint
 from clip import ByteTokenizer

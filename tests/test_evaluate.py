@@ -60,8 +60,8 @@ def test_covariances_that_do_not_commute_match_the_eigenvalues_of_their_product(
 def test_the_cascade_is_scored_on_its_own_prompts(cascade, tmp_path, monkeypatch):
     # With a "cascade" that draws each held-out prompt's true scene, the main job's score must be
     # the checker's on ground truth (>= 0.97); with the pictures shifted by one prompt, near 0.
-    scenes = {res: torch.cat([evaluate.held_out_scenes(8, res, seed=0)[0],
-                              evaluate.held_out_scenes(4, res, seed=0, split="holdout")[0]])
+    scenes = {res: torch.cat([evaluate.evaluation_scenes(8, res, 0)[0],
+                              evaluate.evaluation_scenes(4, res, 0, split="holdout")[0]])
               for res in (32, 64)}
     for shift, low, high in [(0, 0.97, 1.0), (1, 0.0, 0.3)]:
         monkeypatch.setattr(evaluate, "unclip_sample", lambda *args, **kwargs: (
@@ -254,5 +254,5 @@ def test_development_set_script_scores_the_dev_stream_not_the_test_stream(cascad
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("development set: seed 0's dev stream, n = 2 + 2")
     assert [line.split(":")[0] for line in printed[1:]] == ["32 px", "64 px"]
-    assert drawn == [evaluate.held_out_prompts(2, seed=0, stream="dev")]
-    assert drawn[0] != evaluate.held_out_prompts(2, seed=0)  # the test stream's
+    assert drawn == [evaluate.evaluation_prompts(2, seed=0, stream="dev")]
+    assert drawn[0] != evaluate.evaluation_prompts(2, seed=0)  # the test stream's

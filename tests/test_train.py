@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import checkpoint
-import stages
 import train
 from stages import RUN_DEFAULTS, STAGES
 
@@ -291,7 +290,7 @@ def test_run_killed_mid_checkpoint_write_keeps_the_previous_one_and_resumes_exac
     _assert_resume_matches_a_straight_run(args, killed, tmp_path / "straight")
 
 
-def test_main_job_trains_the_cascade_and_scores_held_out_prompts(cascade):
+def test_main_job_trains_the_cascade_and_scores_test_prompts(cascade):
     for stage in ("clip", "prior", "decoder", "upsampler"):
         state = checkpoint.load_checkpoint(str(cascade / f"{stage}.pt"), stage)
         assert state["step"] == 2
@@ -404,8 +403,8 @@ def test_no_development_or_test_scene_is_a_training_scene_whatever_the_seed(tmp_
     phase = "evaluation"
     for stream in ("dev", "test"):
         data.load_data("shapes", 16, 1000, seed, stream)
-        evaluate.held_out_scenes(500, 16, seed, stream=stream)
-        evaluate.held_out_scenes(200, 16, seed, "holdout", stream)
+        evaluate.evaluation_scenes(500, 16, seed, stream=stream)
+        evaluate.evaluation_scenes(200, 16, seed, "holdout", stream)
     assert len(drawn["training"]) == 1000 and len(drawn["evaluation"]) > 3000
     assert not drawn["training"] & drawn["evaluation"]
 
