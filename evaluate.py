@@ -69,7 +69,7 @@ def clip_score(clip_model, images, captions):
 # Shapes figures: CLIP's zero-shot accuracy, and the caption checker over many images.
 
 @torch.no_grad()
-def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
+def shapes_zero_shot(model, seed, n=1000, split="train"):
     """Zero-shot accuracy per attribute (colour, shape, size, position) on n one-object test
     scenes, over the 180 canonical captions in every training prefix (prompt ensembling, CLIP
     section 3.1.4). A value's probability sums its captions': averaged into one class vector they
@@ -79,7 +79,7 @@ def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
     text_e = zero_shot_weights(model, [[c] for c in captions],
                                [p + "{}" for p in shapes.PREFIXES])              # (180, D)
     one = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=1,
-                               stream=stream)
+                               stream="test")
     scenes = [shapes.parse_caption(c[0]) for c in one.captions]
     image_e = image_embeddings(model, one.images)
     p_caption = (model.logit_scale.exp() * image_e @ text_e.T).softmax(-1)       # (n, 180)
@@ -97,13 +97,13 @@ def shapes_zero_shot(model, seed, n=1000, split="train", stream="test"):
 
 
 @torch.no_grad()
-def binding(model, seed, n=1000, split="train", stream="test"):
+def binding(model, seed, n=1000, split="train"):
     """Does CLIP bind attributes to objects? On n two-object test scenes, the share in which the
     image's embedding is nearer its true caption than each minimal foil (shapes.minimal_foils:
     relation reversed, objects trading places, colours, shapes); a tie counts half. Chance, 0.50 on
     every kind: knowing a scene's attributes but not which object has them, or where."""
     two = datasets.shapes_data(n, model.cfg.resolution, seed, split, prefixes=False, objects=2,
-                               stream=stream)
+                               stream="test")
     device = model.logit_scale.device
     image_e = image_embeddings(model, two.images)
     captions = [c[0] for c in two.captions]
@@ -389,20 +389,19 @@ def evaluate(stage, model, train_data, test_data, device, out, seed):
     return figures
 
 
-def evaluate_unclip(out, device, seed, n=100, holdout=50, stream="test"):
+def evaluate_unclip(out, device, seed, n=100, holdout=50):
     """Text to image through the whole cascade, on the captions of scenes training never drew (most
     captions seen): exact match at every resolution, per attribute at the last. On shapes, n
-    one-object and n two-object prompts of the seed's `stream` (test or dev), and `holdout` of each
+    one-object and n two-object prompts of the seed's test stream, and `holdout` of each
     with colour-shape pairs never trained on (holdout_*); elsewhere CLIP-FID against 2n test
     images, the CLIP score beside real and shuffled pairs'. Writes a grid and its prompts."""
     clip_model, prior, decoder, upsamplers = load_unclip(out, device)
     data = load_checkpoint(os.path.join(out, "decoder.pt"), "decoder")["run"]["data"]
     on_shapes = data.startswith("shapes")
     if on_shapes:
-        prompts = (evaluation_prompts(n, seed, stream=stream)
-                   + evaluation_prompts(holdout, seed, "holdout", stream))
+        prompts = evaluation_prompts(n, seed) + evaluation_prompts(holdout, seed, "holdout")
     else:  # the first caption of 2n test images
-        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, seed, stream)
+        test = datasets.load_data(data, decoder.cfg.resolution, 2 * n, seed, "test")
         prompts = [c[0] for c in test.captions[:2 * n]]
     torch.manual_seed(0)
     stages, _ = unclip_sample(clip_model, prior, decoder, upsamplers, prompts,
@@ -416,7 +415,7 @@ def evaluate_unclip(out, device, seed, n=100, holdout=50, stream="test"):
             figures.update({f"holdout_{k}_{res}px": v for k, v in exact_match(
                 images[2 * n:], prompts[2 * n:]).items()})
         if not on_shapes:
-            real = datasets.load_data(data, res, 2 * n, seed, stream).images[:2 * n]
+            real = datasets.load_data(data, res, 2 * n, seed, "test").images[:2 * n]
             figures[f"clip_fid_{res}px"] = frechet_distance(
                 *feature_statistics(image_embeddings(clip_model, real).cpu()),
                 *feature_statistics(image_embeddings(clip_model, images).cpu()))
