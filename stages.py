@@ -92,7 +92,7 @@ def autoencoder(kind):
     return Stage(VAEConfig, AutoEncoder, image_loss, dict(lr=2e-3), fixed=dict(kind=kind))
 
 
-# The CPU preset: each stage's run on shapes, unCLIP's four sized to train in 16-18 minutes on
+# The CPU preset: each stage's run on shapes, unCLIP's four sized to train in 16-20 minutes on
 # 2 cores. The DDPM learns one-object scenes (so "the requested shape" is unambiguous); upsampler2
 # is the upsampler set up as the paper's second, harsher one (64 -> 128 px).
 STAGES = {

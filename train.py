@@ -1,7 +1,7 @@
 """Train any stage of the ladder: one plain loop, one checkpoint format.
 
     python train.py                  # the main job: unCLIP on shapes (CLIP, prior, decoder,
-                                     # upsampler, one after the other), 16-18 min on 2 cores
+                                     # upsampler, one after the other), 16-20 min on 2 cores
     python train.py decoder          # one stage; prior, ar_prior and decoder read OUT/clip.pt
     python train.py vqvae --steps 500 --out runs/vq
     python train.py code_prior --out runs/vq      # a prior over that VQ-VAE's codes

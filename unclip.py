@@ -129,7 +129,7 @@ if __name__ == "__main__":
     import data as datasets
     from checkpoint import load_unclip
     if not os.path.exists("out/upsampler.pt"):
-        sys.exit("no trained cascade in out/: run `python train.py` first (16-18 minutes)")
+        sys.exit("no trained cascade in out/: run `python train.py` first (16-20 minutes)")
     clip_model, prior, decoder, upsamplers = load_unclip("out")
     prompts = ["a large red circle in the center", "a small blue square at the top",
                "a large green triangle to the left of a small yellow circle"]
