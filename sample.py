@@ -1,16 +1,15 @@
 """Draw from trained models: one subcommand per job, as train.py has one per stage.
 
     python sample.py unclip "a small red circle above a large blue square"   # out/samples.png
-    python sample.py unclip --prompts prompts.txt --n 4 --out samples/  # samples/0000_0.png ...
     python sample.py variations photo.png                                   # unCLIP Fig. 3
     python sample.py interpolate a.png b.png                                # Fig. 4
     python sample.py text-diff "a red circle" "a blue circle" image.png     # Fig. 5
     python sample.py ddpm --class circle --guidance 3 --out circles.png
     python sample.py codes --ckpt runs/vq/code_prior.pt --n 64   # VQ-VAE codes, then decoded
 
-The unCLIP jobs call unclip.py's functions on the models `python train.py` wrote to --models.
-Guidance scales are classifier-free (0: unconditional, 1: conditional, > 1: guided). --out
-FILE.png writes a grid, --out DIR one PNG per image (unclip: DIR/{prompt:04d}_{sample}.png).
+The unCLIP jobs call unclip.py on the models `python train.py` wrote to --models (`--prompts FILE`:
+a prompt a line). Guidance scales are classifier-free (0: unconditional, 1: conditional, > 1:
+guided). --out FILE.png writes a grid, --out DIR a PNG an image (DIR/{prompt:04d}_{sample}.png).
 """
 import argparse
 import sys
@@ -28,17 +27,14 @@ from diffusion import classifier_guidance
 from shapes import SHAPES
 
 
-def read_image(clip_model, path):
-    """An image file -> (3, R, R) at CLIP's resolution, box-filtered as shapes.py renders."""
-    return datasets.read_image(path, clip_model.cfg.resolution, Image.BOX)
-
-
-def load_cascade(args):
-    """(clip, prior, decoder, upsamplers) from --models, then the seed: every draw comes after."""
-    prior = "ar_prior" if args.prior == "ar" else "prior"
-    models = load_unclip(args.models, pick_device(args.device), prior)
+def load_cascade(args, *image_files):
+    """(clip, prior, decoder, upsamplers) from --models, then the seed (every draw comes after),
+    then each image file as (3, R, R) at CLIP's resolution, box-filtered as shapes.py renders."""
+    models = load_unclip(args.models, pick_device(args.device),
+                         "ar_prior" if args.prior == "ar" else "prior")
     torch.manual_seed(args.seed)
-    return models
+    return (*models, *(datasets.read_image(path, models[0].cfg.resolution, Image.BOX)
+                       for path in image_files))
 
 
 def draw(args):  # the decoder's and upsamplers' settings (None: each model's own)
@@ -65,42 +61,37 @@ def sample_unclip(args):
 
 def sample_variations(args):
     """Fig. 3: the input image (resized to the output's size), then its n variations."""
-    clip_model, _, decoder, upsamplers = load_cascade(args)
-    image = read_image(clip_model, args.image)
+    clip_model, _, decoder, upsamplers, image = load_cascade(args, args.image)
     images = unclip.variations(clip_model, decoder, upsamplers, image, args.n, **draw(args))
-    shown = F.interpolate(image[None].to(images.device), size=images.shape[-1], mode="bilinear",
-                          align_corners=False)
+    shown = F.interpolate(image[None].to(images.device), size=images.shape[-1], mode="bilinear")
     return f"{write_images(torch.cat([shown, images]), args.out)} (the input, then variations)"
 
 
 def sample_interpolate(args):
     """Fig. 4: n images from the first image's embedding to the second's."""
-    clip_model, _, decoder, upsamplers = load_cascade(args)
-    a, b = read_image(clip_model, args.image_a), read_image(clip_model, args.image_b)
+    clip_model, _, decoder, upsamplers, a, b = load_cascade(args, args.image_a, args.image_b)
     return write_images(unclip.interpolate(clip_model, decoder, upsamplers, a, b, args.n,
                                            **draw(args)), args.out)
 
 
 def sample_text_diff(args):
     """Fig. 5: n images turning the image's embedding from caption `before` towards `after`."""
-    clip_model, _, decoder, upsamplers = load_cascade(args)
+    clip_model, _, decoder, upsamplers, image = load_cascade(args, args.image)
     clip_model.text.tokenizer.check([args.before, args.after])
-    images = unclip.text_diff_images(clip_model, decoder, upsamplers, read_image(
-        clip_model, args.image), args.before, args.after, args.n, **draw(args))
-    return write_images(images, args.out)
+    return write_images(unclip.text_diff_images(clip_model, decoder, upsamplers, image, args.before,
+                                                args.after, args.n, **draw(args)), args.out)
 
 
 def sample_ddpm(args):
-    device = pick_device(args.device)
-    state = load_checkpoint(args.ckpt, "ddpm")
+    device, state = pick_device(args.device), load_checkpoint(args.ckpt, "ddpm")
     model = restore_model(state, device)
-    names = SHAPES if state["run"]["data"].startswith("shapes") else ()
     y, cond_fn = None, None
     if args.class_ is not None:
         if not model.cfg.num_classes:
             raise ValueError(f"{args.ckpt} is unconditional: drop --class or train with labels")
-        labels = {name: i for i, name in enumerate(names)}
-        labels.update({str(i): i for i in range(model.cfg.num_classes)})
+        labels = {str(i): i for i in range(model.cfg.num_classes)}
+        if state["run"]["data"].startswith("shapes"):
+            labels.update({name: i for i, name in enumerate(SHAPES)})
         if args.class_ not in labels:
             raise ValueError(f"unknown class {args.class_!r}: give one of {', '.join(labels)}")
         y = torch.full((args.n,), labels[args.class_], device=device)
@@ -119,16 +110,13 @@ def sample_ddpm(args):
 
 @torch.no_grad()
 def sample_codes(args):
-    if not args.temperature > 0:
-        raise ValueError(f"--temperature must be above 0 (1: as trained), got {args.temperature}")
     model = restore_model(load_checkpoint(args.ckpt, "code_prior"), pick_device(args.device))
     torch.manual_seed(args.seed)
     return write_images(model.sample(args.n, args.temperature), args.out)
 
 
-JOBS = {"unclip": sample_unclip, "variations": sample_variations,
-        "interpolate": sample_interpolate, "text-diff": sample_text_diff, "ddpm": sample_ddpm,
-        "codes": sample_codes}
+JOBS = {"unclip": sample_unclip, "variations": sample_variations, "interpolate": sample_interpolate,
+        "text-diff": sample_text_diff, "ddpm": sample_ddpm, "codes": sample_codes}
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -146,7 +134,7 @@ def parser_for_jobs():
             job, 8), help="images (per prompt), or interpolation steps")
         p.add_argument("--seed", type=int, default=0)
         if job != "codes":
-            own = "DDPMConfig" if job == "ddpm" else "the decoder's own, DecoderConfig"
+            own = "DDPMConfig" if job == "ddpm" else "DecoderConfig"
             p.add_argument("--steps", type=int, help=f"DDIM steps (default: {own}.sample_steps)")
         p.add_argument("--device", default="auto")
         p.add_argument("--out", default="out/samples.png")
@@ -155,23 +143,19 @@ def parser_for_jobs():
             p.add_argument("--class", dest="class_", help="class name or index")
             p.add_argument("--guidance", type=float, default=1.0, help="classifier-free scale")
             p.add_argument("--classifier", help="a noisy classifier checkpoint for guidance")
-            p.add_argument("--classifier-scale", type=float, default=1.0,
-                           help="multiplies the noisy classifier's gradient")
+            p.add_argument("--classifier-scale", type=float, default=1.0, help="its gradient's")
             p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
             p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic")
             continue
         if job == "codes":
             p.add_argument("--ckpt", default="out/code_prior.pt")
-            p.add_argument("--temperature", type=float, default=1.0,
-                           help="of each code's softmax: below 1 safer, above 1 wilder")
+            p.add_argument("--temperature", type=float, default=1.0, help="< 1 safer, > 1 wilder")
             continue
         p.add_argument("--models", default="out", help="the folder python train.py wrote")
         p.add_argument("--prior", choices=["diffusion", "ar"], default="diffusion")
         p.add_argument("--prior-guidance", type=float, default=1.0)
-        p.add_argument("--decoder-guidance", type=float,
-                       help="default: the decoder's own (DecoderConfig.guidance_scale)")
-        p.add_argument("--upsampler-steps", type=int,
-                       help="default: each upsampler's own (UpsamplerConfig.sample_steps)")
+        p.add_argument("--decoder-guidance", type=float, help="default: DecoderConfig's")
+        p.add_argument("--upsampler-steps", type=int, help="default: UpsamplerConfig's")
         if job == "unclip":
             p.add_argument("prompt", nargs="?", help="what to draw")
             p.add_argument("--prompts", help="a text file, one prompt per line")

@@ -241,6 +241,8 @@ class CodePrior(nn.Module):
     @torch.no_grad()
     def sample_codes(self, n, temperature=1.0):
         """(n, h, w) code grids, drawn one code at a time in raster order."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be above 0 (1: as trained), got {temperature}")
         codes = torch.zeros(n, 0, dtype=torch.long, device=self.head.weight.device)
         for _ in range(self.side ** 2):
             probs = F.softmax(self.logits(codes)[:, -1].float() / temperature, -1)   # (n, K)

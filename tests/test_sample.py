@@ -50,7 +50,7 @@ def test_codes_job_draws_from_the_prior_over_codes(checkpoints, tmp_path, capsys
     with pytest.raises(SystemExit):
         sample.main(["codes", "--ckpt", str(checkpoints / "code_prior.pt"), "--temperature", "0"])
     err = capsys.readouterr().err
-    assert "--temperature must be above 0" in err and len(err.strip().splitlines()) == 1
+    assert "temperature must be above 0" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("extra,message", [
