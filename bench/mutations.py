@@ -160,19 +160,28 @@ MUTATIONS = [
     ("notebook-imports-train", "notebooks/exercises.py", "import torch\n\nsys.path.insert",
      "import torch\nimport train  # noqa: F401\n\nsys.path.insert",
      "tests/test_imports.py -k command_lines"),
-    ("grading-leaves-the-projects-answers", "notebooks/grade.py", "    blank_references()\n",
-     "    pass\n", "tests/test_grading.py -k marks"),
+    ("grading-runs-the-projects-answers", "notebooks/grade.py", "copy, blank=True)",
+     "copy, blank=False)", "tests/test_grading.py -k blanks_every_answer"),
     ("grading-leaves-the-frechet-distance", "notebooks/grade.py",  # and its matrix root
      '"frechet_distance", "frechet_distance",\n     "The squared Frechet distance between N(mu_1, '
      'sigma_1) and N(mu_2, sigma_2)."),\n    ("evaluate", "_sqrtm_psd",',
      '"feature_statistics", "frechet_distance",\n     "The squared Frechet distance between '
      'N(mu_1, sigma_1) and N(mu_2, sigma_2)."),\n    ("evaluate", "clip_score",',
-     "tests/test_grading.py -k marks"),
+     "tests/test_grading.py -k blanks_every_answer"),
     ("grading-leaves-ddim", "notebooks/grade.py",  # x0_from_eps, which ddim_sample calls, too
      '"GaussianDiffusion.x0_from_eps", "ddim_step",\n     "x_0 from x_t, t and eps (invert eq. '
      '4)."),\n    ("diffusion", "GaussianDiffusion.ddim_sample",',
      '"GaussianDiffusion.loss_weight", "ddim_step",\n     "x_0 from x_t, t and eps (invert eq. '
-     '4)."),\n    ("diffusion", "GaussianDiffusion.p_sample",', "tests/test_grading.py -k marks"),
+     '4)."),\n    ("diffusion", "GaussianDiffusion.p_sample",',
+     "tests/test_grading.py -k blanks_every_answer"),
+    ("grading-seeds-shared-by-every-student", "notebooks/grade.py", 'f"{secret}\\n{student}"',
+     'f"{secret}"', "tests/test_grading.py -k seeds_of_their_own"),
+    ("grading-all-or-nothing-per-seed", "notebooks/grade.py",
+     "shares.append(sum(right) / len(right))", "shares.append(float(all(right)))",
+     "tests/test_grading.py -k per_case"),
+    ("grading-runs-what-reaches-for-a-reference", "notebooks/grade.py",
+     "        if name in FORBIDDEN_NAMES:", "        if name in ():",
+     "tests/test_grading.py -k cheats"),
     ("student-copy-keeps-derived-coefficients", "notebooks/grade.py",
      "edits.append((statement.lineno, statement.end_lineno, []))", "pass",
      "tests/test_grading.py -k blanking"),

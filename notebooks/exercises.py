@@ -3,18 +3,17 @@ answer returns on it.
 
     exercises.check("q_sample", my_q_sample)  # prints "q_sample: right" or what is wrong
 
-Each exercise has fixed inputs made from a seed, and the outputs a right answer gives on them
-are stored in `expected/`: `public.pt` holds seed 0's, which the notebooks check against, and
-`hidden.pt` those of the seeds grade.py marks with (the instructor's; not in the student copy).
-Nothing here imports the project's own version of an answer, and grade.py blanks those versions
-before it marks, so handing a check the project's function earns nothing. The inputs hold only
-what an exercise needs: the diffusion exercises get the schedule's two arrays, not the
-coefficients the project precomputes from them.
-
-A function that still raises NotImplementedError is "not answered yet". `python
-notebooks/grade.py expected` writes the stored outputs from the project's own functions;
-tests/test_grading.py proves that the worked answers (solutions.py) score full marks on them.
+Each exercise has inputs made from a seed. The notebooks check an answer on seed 0's, against
+the output a right answer gives there, stored in `expected/public.pt` (`python notebooks/grade.py
+expected` writes it from the project's own functions); grade.py marks on seeds of each student's
+own, made from the instructor's secret, and runs `outputs` in a separate process on a copy of the
+project whose answers are blanked. Nothing here imports the project's own version of an answer.
+The inputs hold only what an exercise needs: the diffusion exercises get the schedule's two
+arrays, not the coefficients the project precomputes from them. An output is compared case by
+case (a row of it: one image, one timestep), so a message can say which case is wrong; a
+function that still raises NotImplementedError is "not answered yet".
 """
+import json
 import math
 import os
 import sys
@@ -208,6 +207,13 @@ EXERCISES = {
                          "d^2 between N(mu_1, sigma_1) and N(mu_2, sigma_2) (a scalar)"),
 }
 ADAPTERS = {"straight_through": _value_and_gradient}
+# The rows of an exercise's inputs that are its edges (the first two timesteps of _timesteps are
+# the smallest and T - 1): messages name them, since an answer is often wrong only there.
+EDGES = {"q_sample": {0: "t = 0", 1: "t = T - 1"},
+         "q_posterior_mean": {0: "t = 1", 1: "t = T - 1"},
+         "ddim_step": {0: "t_prev = -1, the step to x_0", 1: "t = 900"},
+         "classifier_gradient": {0: "t = 0", 1: "t = T - 1"},
+         "straight_through": {0: "the value", 1: "the gradient reaching z_e"}}
 
 
 def inputs(name, seed):
@@ -224,24 +230,50 @@ def load_expected(which="public"):
     return torch.load(os.path.join(EXPECTED, f"{which}.pt"), weights_only=True)
 
 
-def verdict(name, answer, seed, expected, atol=1e-4):
-    """(True or False, what to tell the reader) for one answer on one seed's inputs."""
+def output(name, answer, seed):
+    """The answer's output on the seed's inputs as a tensor, or what stopped it, in words."""
     try:
         got = run(name, answer, seed)
     except NotImplementedError:
-        return False, "not answered yet (the function still raises NotImplementedError)"
+        return "not answered yet (the function still raises NotImplementedError)"
     except Exception as e:  # a mistake in the answer: say what, without a traceback
-        return False, f"not yet right: it raised {type(e).__name__}: {e}"
+        return f"it raised {type(e).__name__}: {e}"
     if isinstance(got, (int, float)):  # a plain number for a scalar answer is fine
         got = torch.tensor(float(got))
     if not torch.is_tensor(got):
-        return False, f"not yet right: expected a tensor, got {type(got).__name__}"
+        return f"expected a tensor, got {type(got).__name__}"
+    return got.detach().cpu()
+
+
+def compare(name, got, expected, atol=1e-4):
+    """(right or not for each case, what differs): a case is a row of the output (one image,
+    one timestep, one point), or the whole output when it is a scalar."""
+    cases = len(expected) if expected.dim() else 1
+    if isinstance(got, str):
+        return [False] * cases, got
     if got.shape != expected.shape:
-        return False, f"not yet right: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    error = (got.detach().double() - expected.double()).abs().max().item()
-    if not error <= atol:  # NaN counts as wrong
-        return False, f"not yet right: largest difference from the answer {error:.3g}"
-    return True, "right"
+        return [False] * cases, f"shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    error = (got.double() - expected.double()).abs()
+    error = error.reshape(len(error), -1).amax(1) if error.dim() else error.reshape(1)
+    right = [bool(e <= atol) for e in error]  # NaN counts as wrong
+    wrong = [i for i, r in enumerate(right) if not r]
+    if not wrong:
+        return right, "right"
+    if cases == 1:
+        return right, f"largest difference from the answer {error.item():.3g}"
+    named = ", ".join(f"{i}" + (f" ({EDGES[name][i]})" if i in EDGES.get(name, {}) else "")
+                      for i in wrong[:4])
+    return right, (f"{len(wrong)} of {cases} cases wrong (case {named}), largest difference "
+                   f"{error.max().item():.3g}")
+
+
+def verdict(name, answer, seed, expected, atol=1e-4):
+    """(True or False, what to tell the reader) for one answer on one seed's inputs."""
+    got = output(name, answer, seed)
+    right, message = compare(name, got, expected, atol)
+    if all(right) or isinstance(got, str) and got.startswith("not answered"):
+        return all(right), message
+    return False, f"not yet right: {message}"
 
 
 def check(name, answer):
@@ -257,3 +289,32 @@ def yours_or(name, answer, fallback):
     right = verdict(name, answer, PUBLIC_SEED, load_expected()[name][PUBLIC_SEED])[0]
     print(f"{name}: using " + ("yours" if right else "the project's until yours is right"))
     return answer if right else fallback
+
+
+def outputs(answers, seeds):
+    """{name: {seed: output or what stopped it}} of each exercise's my_NAME among `answers`
+    ({notebook: [statements]}), each notebook's statements run in a namespace of its own. This
+    runs in grade.py's separate process, on a copy of the project whose answers are blanked."""
+    defined = {}
+    for notebook, statements in answers.items():
+        namespace = {"__name__": "submission"}
+        for statement in statements:
+            try:
+                exec(statement, namespace)
+            except Exception:  # a broken definition leaves its answer missing
+                pass
+        defined[notebook] = namespace
+    results = {}
+    for name, (notebook, *_) in EXERCISES.items():
+        found = [ns[f"my_{name}"] for nb, ns in defined.items() if f"my_{name}" in ns]
+        own = defined.get(notebook, {}).get(f"my_{name}")
+        answer = own if own is not None else (found[-1] if found else None)
+        results[name] = {seed: output(name, answer, seed) if answer is not None
+                         else f"no my_{name} in the submission" for seed in seeds}
+    return results
+
+
+if __name__ == "__main__":  # grade.py's marking process: ANSWERS.json SEEDS OUT.pt
+    with open(sys.argv[1]) as f:
+        submitted = json.load(f)
+    torch.save(outputs(submitted, json.loads(sys.argv[2])), sys.argv[3])

@@ -1,40 +1,49 @@
 """Grading the notebooks' exercises: the instructor's command.
 
-    python notebooks/grade.py expected [--seeds 1,2,3]   # store the right outputs (public: seed 0)
-    python notebooks/grade.py student-copy DIR           # the copy to hand out
-    python notebooks/grade.py student-copy DIR --blank-modules   # its modules blanked too
-    python notebooks/grade.py SUBMISSIONS [--csv marks.csv]   # mark a folder of submissions
+    python notebooks/grade.py student-copy DIR [--blank-modules]   # the copy to hand out
+    python notebooks/grade.py SUBMISSIONS --secret-file SECRET [--csv marks.csv]
+    python notebooks/grade.py expected          # the public outputs the notebooks check against
 
-A submission is a student's folder of notebooks (or one .ipynb; the student is its name). From
-every code cell the grader keeps the imports, the function and class definitions, and the
-assignments to `my_*` names, and nothing else (no training runs); it runs them in a fresh Python
-process in which the project's own version of every answer is blanked (it raises
-NotImplementedError), so `my_gaussian_kl = vae.gaussian_kl` scores nothing, and solutions.py
-cannot be imported. Each exercise `NAME` is the reader's `my_NAME`, called on the inputs of each
-hidden seed and compared with the stored output: its points times the share of seeds it gets
-right.
+A submission is a student's folder of notebooks (or one .ipynb; the student is its name). Marks
+come only from work, for five reasons:
 
-The hidden outputs are written from the project's own functions on seeds the students do not
-see: the copy in the repository uses 1, 2 and 3 (for the tests); for a course, choose your own
-(`expected --seeds ...`) and keep that hidden.pt out of the student copy, as student-copy does.
-The student copy leaves out solutions.py, hidden.pt, ANSWERS.md (the key to the questions that
-close each notebook) and the two test files that read solutions.py; its exercise cells are the
-blank ones committed in the notebooks. It keeps the modules whole: they are the course's text,
-and the notebooks train and sample with them before their exercises are written. With
---blank-modules the copy's modules become assignments too: each function that answers an
-exercise (ANSWERS below) keeps its signature, its docstring gives way to the task, its body to
-`raise NotImplementedError`, and the coefficients the student derives are gone; a notebook then
-runs as far as the functions written so far carry it.
+1. Each student's answers are marked on inputs made from three seeds of their own, derived from
+   the instructor's secret (SECRET, a file that never leaves the instructor) and the student's
+   name, so no table of outputs made in advance can match them. The published seeds (1, 2, 3)
+   are used only when asked for (--published-seeds), with a warning.
+2. The right outputs are computed here, from the project's own functions, before any
+   submission runs.
+3. A submission's code runs in a separate process, in a temporary copy of the project's modules
+   whose answers are blanked in the source (as `student-copy --blank-modules` blanks them), with
+   no solutions, no grader and no .git; it is handed the seeds, writes its outputs, and this
+   process compares them. Each student gets a fresh copy.
+4. What runs is what an answer needs: each notebook's imports (of torch, numpy, math, the
+   standard helpers and the project), its function and class definitions, its `my_*`
+   assignments and its constants (assignments without a call); imports first, so a later
+   import cannot rebind a student's helper. Code that reaches for a reference (exec, eval,
+   open, importlib, sys, os, setattr, files, dunder attributes, imports inside a function, or
+   the project's modules used inside an answer) is flagged with the reason and not run.
+5. Each exercise is marked case by case (a row of its output: one image, one timestep) on each
+   seed: its points times the share of cases right, and a message says which case differs and
+   by how much, or what the answer raised.
+
+The student copy leaves out solutions.py, this grader, ANSWERS.md (the key to the questions that
+close each notebook) and the two test files that read solutions.py. It keeps the modules whole:
+they are the course's text. With --blank-modules each function that answers an exercise
+(ANSWERS below) keeps its signature, its docstring gives way to the task, its body to `raise
+NotImplementedError`, and the coefficients the student derives are gone; a notebook then runs
+as far as the functions written so far carry it.
 """
 import argparse
 import ast
 import csv
-import importlib
+import glob
+import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import torch
@@ -46,9 +55,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import exercises  # noqa: E402
 
-LEFT_OUT = ("notebooks/solutions.py", "notebooks/expected/hidden.pt",  # from the student copy
+LEFT_OUT = ("notebooks/solutions.py", "notebooks/grade.py",  # from the student copy
             "notebooks/ANSWERS.md",
             "tests/test_notebooks.py", "tests/test_grading.py")  # these two read solutions.py
+PUBLISHED_SEEDS = (1, 2, 3)  # anyone can compute their outputs: practice marking only
 
 # The project's own answer to each exercise: (module, function, the exercise, the task its blank
 # states). The grader blanks these while marking; `student-copy --blank-modules` blanks them in
@@ -174,16 +184,15 @@ def references():
     }
 
 
-def write_expected(seeds):
-    """expected/public.pt (seed 0, what the notebooks check) and expected/hidden.pt (seeds)."""
+def write_expected():
+    """expected/public.pt: seed 0's outputs, what the notebooks check against."""
     answers = references()
     os.makedirs(exercises.EXPECTED, exist_ok=True)
-    for which, chosen in (("public", [exercises.PUBLIC_SEED]), ("hidden", seeds)):
-        stored = {name: {seed: exercises.run(name, answers[name], seed).detach()
-                         for seed in chosen} for name in exercises.EXERCISES}
-        torch.save(stored, os.path.join(exercises.EXPECTED, f"{which}.pt"))
-    print(f"wrote {exercises.EXPECTED}/public.pt (seed {exercises.PUBLIC_SEED}) and hidden.pt "
-          f"(seeds {', '.join(map(str, seeds))})")
+    stored = {name: {exercises.PUBLIC_SEED: exercises.run(name, answers[name],
+                                                          exercises.PUBLIC_SEED).detach()}
+              for name in exercises.EXERCISES}
+    torch.save(stored, os.path.join(exercises.EXPECTED, "public.pt"))
+    print(f"wrote {exercises.EXPECTED}/public.pt (seed {exercises.PUBLIC_SEED})")
 
 
 def blank_source(module, source):
@@ -229,6 +238,20 @@ def _functions(tree):
                         if isinstance(f, ast.FunctionDef))
 
 
+def copy_files(paths, folder, blank):
+    """Copy ROOT's files at these relative paths into folder, the answer modules blanked when
+    `blank` (ANSWERS, blank_source)."""
+    blanked = {f"{module}.py" for module, _, _, _ in ANSWERS} if blank else set()
+    for path in paths:
+        os.makedirs(os.path.join(folder, os.path.dirname(path)), exist_ok=True)
+        with open(os.path.join(ROOT, path), "rb") as f:
+            content = f.read()
+        if path in blanked:
+            content = blank_source(path.removesuffix(".py"), content.decode()).encode()
+        with open(os.path.join(folder, path), "wb") as f:
+            f.write(content)
+
+
 def student_copy(folder, blank_modules=False):
     """The repository's tracked files, less the answers, into a new folder; with blank_modules,
     the modules' answers blanked too."""
@@ -237,87 +260,122 @@ def student_copy(folder, blank_modules=False):
     listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if listed.returncode:
         raise SystemExit("error: the student copy is made from a git checkout of the project")
-    blanked = {f"{module}.py" for module, _, _, _ in ANSWERS} if blank_modules else set()
     left_out = LEFT_OUT + (BLANKED_LEAVES_OUT if blank_modules else ())
-    for path in listed.stdout.splitlines():
-        if path not in left_out and os.path.exists(os.path.join(ROOT, path)):
-            os.makedirs(os.path.join(folder, os.path.dirname(path)), exist_ok=True)
-            shutil.copy2(os.path.join(ROOT, path), os.path.join(folder, path))
-            if path in blanked:
-                with open(os.path.join(ROOT, path)) as f:
-                    source = blank_source(path.removesuffix(".py"), f.read())
-                with open(os.path.join(folder, path), "w") as f:
-                    f.write(source)
+    copy_files([path for path in listed.stdout.splitlines() if path not in left_out
+                and os.path.exists(os.path.join(ROOT, path))], folder, blank_modules)
     print(f"wrote the student copy to {folder} (left out: {', '.join(left_out)}"
-          + (f"; blanked: {len(ANSWERS)} functions in {', '.join(sorted(blanked))})"
+          + (f"; blanked: {len(ANSWERS)} functions in {len({m for m, *_ in ANSWERS})} modules)"
              if blank_modules else ")"))
 
 
 # ----------------------------------------------------------------------------------------------
-# Marking: one process per student.
+# Reading a submission: what runs, and what is flagged.
 
-def answer_code(notebook_path):
-    """The statements of a notebook's code cells that define answers: imports, function and
-    class definitions, and assignments to my_* names."""
-    with open(notebook_path) as f:
-        cells = json.load(f)["cells"]
-    kept = []
-    for cell in cells:
-        if cell["cell_type"] != "code":
+SAFE_IMPORTS = {"math", "torch", "numpy", "functools", "itertools", "collections", "typing",
+                "dataclasses"}
+PROJECT = {os.path.basename(p).removesuffix(".py") for p in glob.glob(f"{ROOT}/*.py")} | {
+    "exercises", "course"}
+FORBIDDEN_NAMES = {"exec", "eval", "compile", "open", "__import__", "globals", "locals", "vars",
+                   "setattr", "delattr", "getattr", "breakpoint", "input", "__builtins__"}
+FILE_ATTRIBUTES = {"load", "save", "hub", "fromfile", "tofile", "loadtxt", "savetxt", "savez",
+                   "memmap"}
+MODULE_ATTRIBUTES = {"os", "sys", "subprocess", "importlib", "builtins", "io", "pathlib", "shutil",
+                     "inspect", "pickle", "ctypes", "runpy", "glob", "socket", "marshal", "types"}
+
+
+def _free_names(node):
+    """The names a definition reads from outside itself: not its arguments, not what it binds."""
+    local = {n.arg for n in ast.walk(node) if isinstance(n, ast.arg)} | {
+        n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    if isinstance(node, ast.Assign):  # `my_x = ...` reads its value's names, whatever it binds
+        local = {n for n in local if not any(t.id == n for t in node.targets)}
+    return [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id not in local]
+
+
+def _reason(node, foreign, project, own):
+    """Why a definition or assignment cannot be run for marks, or None. `own`: the names the
+    notebook defines, which win over any import (the imports run first)."""
+    for name in _free_names(node):
+        if name in own:
             continue
-        try:
-            tree = ast.parse("".join(cell["source"]))
+        if name in FORBIDDEN_NAMES:
+            return f"it uses {name}"
+        if name in foreign:
+            return f"it uses {foreign[name]}"
+        if name in project:
+            return (f"it uses the project's {project[name]} (answers are written with torch, "
+                    "numpy, math and your own functions)")
+    for n in ast.walk(node):
+        if isinstance(n, (ast.Import, ast.ImportFrom)):
+            return "it imports inside a function"
+        if isinstance(n, ast.Attribute) and n.attr.startswith("__") and n.attr != "__init__":
+            return f"it reaches for {n.attr}"
+        if isinstance(n, ast.Attribute) and n.attr in FILE_ATTRIBUTES:
+            return f"it reads or writes files (.{n.attr})"
+        if isinstance(n, ast.Attribute) and n.attr in MODULE_ATTRIBUTES:  # torch.sys, numpy.os
+            return f"it reaches for {n.attr} through another module"
+    return None
+
+
+def read_answers(notebook_path):
+    """(statements, flags) of a notebook: the code that defines its answers, imports first, and
+    {my_NAME: why it is not run} for the answers that reach for a reference."""
+    with open(notebook_path) as f:
+        cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    imports, definitions = [], {}  # definitions: name -> its def, class or assignment
+    foreign, project = {}, {}      # name -> the module it was imported from
+    for cell in cells:
+        lines = "".join(cell["source"]).splitlines()
+        try:  # IPython's magics (%) and shell lines (!) are not Python: blank them
+            tree = ast.parse("\n".join("" if ln.lstrip()[:1] in ("%", "!") else ln
+                                       for ln in lines))
         except SyntaxError:
             continue  # a cell that does not parse defines nothing
         for node in tree.body:
-            targets = [t for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
-            if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)) or (
-                    targets and all(t.id.startswith("my_") for t in targets)):
-                kept.append(ast.unparse(node))
-    return kept
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:  # one import statement per name, the safe ones kept
+                    module = (getattr(node, "module", None) or alias.name).split(".")[0]
+                    name = (alias.asname or alias.name).split(".")[0]
+                    if module not in SAFE_IMPORTS | PROJECT or getattr(node, "level", 0):
+                        foreign[name] = module or "a relative import"
+                        continue
+                    if module in PROJECT:
+                        project[name] = module
+                    one = ast.Import([alias]) if isinstance(node, ast.Import) else (
+                        ast.ImportFrom(node.module, [alias], 0))
+                    imports.append(ast.unparse(one))
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                definitions[node.name] = node
+            elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name)
+                                                      for t in node.targets):
+                names = [t.id for t in node.targets]
+                if any(n.startswith("my_") for n in names) or not any(
+                        isinstance(n, ast.Call) for n in ast.walk(node.value)):
+                    definitions.update({name: node for name in names})
+    flags = {}
+    for name in definitions:  # an answer is flagged when anything it reaches is
+        seen, todo = set(), [name]
+        while todo and name not in flags:
+            current = todo.pop()
+            if current in seen or current not in definitions:
+                continue
+            seen.add(current)
+            reason = _reason(definitions[current], foreign, project, definitions)
+            if reason:
+                flags[name] = reason if current == name else f"{current}, which it uses: {reason}"
+            todo += _free_names(definitions[current])
+    kept = dict.fromkeys(node for name, node in definitions.items() if name not in flags)
+    statements = list(dict.fromkeys(imports)) + [ast.unparse(node) for node in kept]
+    return statements, {n: r for n, r in flags.items() if n.startswith("my_")}
 
 
-def blank_references():
-    """Replace every project function that answers an exercise (ANSWERS), wherever a module
-    holds it, by one that raises NotImplementedError; make solutions.py unimportable."""
-    def blank(*args, **kwargs):
-        raise NotImplementedError("blanked for grading: write your own")
-    functions = []
-    for module, qualname, _, _ in ANSWERS:
-        owner = importlib.import_module(module)
-        *classes, name = qualname.split(".")
-        for cls in classes:
-            owner = getattr(owner, cls)
-        if classes:
-            setattr(owner, name, blank)
-        else:
-            functions.append(getattr(owner, name))
-    for module in list(sys.modules.values()):
-        for name, value in list(vars(module).items() if module else ()):
-            if any(value is f for f in functions):
-                setattr(module, name, blank)
-    sys.modules["solutions"] = None  # `import solutions` raises ImportError
+# ----------------------------------------------------------------------------------------------
+# Marking: the right outputs here, each submission's in a process and a copy of its own.
 
-
-def mark_in_this_process(notebooks, seeds):
-    """{name: [right on each seed]} for the answers in these notebooks."""
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != HERE]  # solutions.py is there
-    blank_references()
-    namespace = {"__name__": "submission"}
-    for path in notebooks:
-        for statement in answer_code(path):
-            try:
-                exec(statement, namespace)
-            except Exception:  # a broken definition leaves its answer missing
-                pass
-    expected = exercises.load_expected("hidden")
-    marks = {}
-    for name in exercises.EXERCISES:
-        answer = namespace.get(f"my_{name}")
-        marks[name] = [answer is not None
-                       and exercises.verdict(name, answer, seed, expected[name][seed])[0]
-                       for seed in seeds]
-    return marks
+def student_seeds(secret, student):
+    """Three seeds of the student's own, from the instructor's secret and the student's name."""
+    digest = hashlib.sha256(f"{secret}\n{student}".encode()).digest()
+    return [int.from_bytes(digest[4 * i:4 * i + 4], "big") % (2 ** 31 - 1) + 1 for i in range(3)]
 
 
 def find_submissions(folder):
@@ -337,39 +395,88 @@ def find_submissions(folder):
     return submissions
 
 
-def grade(folder, timeout=300):
-    """Mark every submission in its own process: {student: {name: points}}."""
-    seeds = sorted(next(iter(exercises.load_expected("hidden").values())))
-    results = {}
-    for student, notebooks in find_submissions(folder).items():
-        done = subprocess.run([sys.executable, __file__, "--mark", json.dumps(seeds), *notebooks],
-                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-        if done.returncode:
+def run_submission(notebooks, seeds, timeout):
+    """(outputs, flags): {name: {seed: output or what stopped it}} from the student's code, run
+    in a fresh process on a fresh copy of the blanked modules; {my_NAME: reason}."""
+    answers, flags = {}, {}
+    for path in notebooks:
+        answers[os.path.basename(path).removesuffix(".ipynb")], flagged = read_answers(path)
+        flags.update(flagged)
+    with tempfile.TemporaryDirectory(prefix="grading-") as copy:
+        copy_files([os.path.basename(p) for p in glob.glob(f"{ROOT}/*.py")]
+                   + ["notebooks/exercises.py", "notebooks/course.py"], copy, blank=True)
+        with open(os.path.join(copy, "answers.json"), "w") as f:
+            json.dump(answers, f)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        try:
+            done = subprocess.run([sys.executable, "notebooks/exercises.py", "answers.json",
+                                   json.dumps(seeds), "outputs.pt"], cwd=copy, env=env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, f"it ran past {timeout} s"
+        if done.returncode or not os.path.exists(os.path.join(copy, "outputs.pt")):
             lines = done.stderr.strip().splitlines()
-            print(f"{student}: could not be marked ({lines[-1] if lines else 'no output'})")
-            marks = {name: [False] * len(seeds) for name in exercises.EXERCISES}
+            return None, lines[-1] if lines else "it stopped with no output"
+        return torch.load(os.path.join(copy, "outputs.pt"), weights_only=True), flags
+
+
+def mark(outputs, flags, expected):
+    """{name: (points, message)} for one student's outputs, and {my_NAME: (0, why)} for the
+    other my_* names that were flagged."""
+    marks = {}
+    for name, (_, points, _, _) in exercises.EXERCISES.items():
+        if f"my_{name}" in flags:
+            marks[name] = (0.0, f"not run: {flags[f'my_{name}']}")
+            continue
+        shares, messages = [], []
+        for seed, right_output in expected[name].items():
+            got = outputs.get(name, {}).get(seed, "no output")
+            right, message = exercises.compare(name, got, right_output)
+            shares.append(sum(right) / len(right))
+            messages.append(message)
+        wrong = [m for m in messages if m != "right"]
+        marks[name] = (points * sum(shares) / len(shares), "right" if not wrong else wrong[0]
+                       + (f" (on {len(wrong)} of {len(messages)} seeds)" if len(set(messages)) > 1
+                          else ""))
+    for name, reason in flags.items():  # flagged my_* names that answer no exercise, reported
+        if name.removeprefix("my_") not in exercises.EXERCISES:
+            marks[name] = (0.0, f"not run: {reason}")
+    return marks
+
+
+def grade(folder, secret=None, timeout=300):
+    """Mark every submission: {student: {name: (points, message)}}. Without a secret, the
+    published seeds."""
+    submissions = find_submissions(folder)
+    seeds = {s: student_seeds(secret, s) if secret else list(PUBLISHED_SEEDS) for s in submissions}
+    answers = references()  # every right output, before any submission runs
+    expected = {s: {name: {seed: exercises.run(name, answers[name], seed).detach()
+                           for seed in seeds[s]} for name in exercises.EXERCISES}
+                for s in submissions}
+    results = {}
+    for student, notebooks in submissions.items():
+        outputs, flags = run_submission(notebooks, seeds[student], timeout)
+        if outputs is None:
+            results[student] = {name: (0.0, f"could not be marked: {flags}")
+                                for name in exercises.EXERCISES}
         else:
-            marks = json.loads(done.stdout.strip().splitlines()[-1])
-        results[student] = {name: exercises.EXERCISES[name][1] * sum(right) / len(right)
-                            for name, right in marks.items()}
+            results[student] = mark(outputs, flags, expected[student])
     return results
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--mark"]:  # the per-student process
-        print(json.dumps(mark_in_this_process(argv[2:], json.loads(argv[1]))))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", help="expected | student-copy | a folder of submissions")
+    parser.add_argument("what", help="a folder of submissions | student-copy | expected")
     parser.add_argument("folder", nargs="?", help="student-copy: the folder to write")
-    parser.add_argument("--seeds", default="1,2,3", help="expected: the hidden seeds")
+    parser.add_argument("--secret-file", help="a file holding your secret: each student's seeds")
+    parser.add_argument("--published-seeds", action="store_true",
+                        help="mark with seeds 1, 2, 3, which anyone can know (practice only)")
     parser.add_argument("--csv", help="also write the marks to this CSV file")
     parser.add_argument("--blank-modules", action="store_true",
                         help="student-copy: blank the modules' answers too (ANSWERS)")
     args = parser.parse_args(argv)
     if args.what == "expected":
-        return write_expected([int(s) for s in args.seeds.split(",")])
+        return write_expected()
     if args.what == "student-copy":
         if not args.folder:
             raise SystemExit("error: name the folder: grade.py student-copy DIR")
@@ -377,17 +484,34 @@ def main(argv=None):
     if not os.path.isdir(args.what):
         raise SystemExit(f"error: {args.what} is not a folder of submissions (or 'expected', "
                          "'student-copy')")
-    results = grade(args.what)
+    secret = None
+    if args.secret_file:
+        secret = open(args.secret_file).read().strip() if os.path.isfile(args.secret_file) else ""
+        if not secret:
+            raise SystemExit(f"error: no secret in {args.secret_file}: write one there, e.g. "
+                             f"python -c 'import secrets; print(secrets.token_hex(16))' > "
+                             f"{args.secret_file}")
+    elif not args.published_seeds:
+        raise SystemExit("error: no secret: pass --secret-file FILE (each student's seeds come "
+                         "from it), or --published-seeds for practice marks anyone can game")
+    else:
+        print(f"warning: marking with the published seeds {PUBLISHED_SEEDS}: a table of their "
+              "outputs made in advance scores full marks")
+    results = grade(args.what, secret)
     total = sum(points for _, points, _, _ in exercises.EXERCISES.values())
-    for student, points in results.items():
-        print(f"{student}: {sum(points.values()):g} / {total}  "
-              + " ".join(f"{name} {p:g}" for name, p in points.items()))
+    for student, marks in results.items():
+        print(f"{student}: {sum(p for p, _ in marks.values()):g} / {total}")
+        for name, (points, message) in marks.items():
+            if message != "right":
+                out_of = f" / {exercises.EXERCISES[name][1]}" if name in exercises.EXERCISES else ""
+                print(f"  {name} {points:.3g}{out_of}: {message}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["student", *exercises.EXERCISES, "total"])
-            for student, points in results.items():
-                writer.writerow([student, *points.values(), sum(points.values())])
+            for student, marks in results.items():
+                points = [round(marks[name][0], 4) for name in exercises.EXERCISES]
+                writer.writerow([student, *points, round(sum(points), 4)])
         print(f"wrote {args.csv}")
 
 
