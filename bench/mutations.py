@@ -1,6 +1,7 @@
 """Mutation testing, small: break the code on purpose and check that the named tests go red.
 
-    python bench/mutations.py            # all 50 mutations; about 5 minutes on 2 cores
+    python bench/mutations.py            # every mutation; about 6 minutes on 2 cores
+    python bench/mutations.py lab        # the course's break-it labs (notebooks/labs.py)
     python bench/mutations.py resume     # only those whose name contains "resume"
 
 Each mutation replaces one exact piece of one file by a wrong version (a bug a test claims to
@@ -201,6 +202,17 @@ MUTATIONS = [
      'torch.load(path, map_location="cpu", weights_only=True)',
      "torch.load(path, weights_only=True)", "tests/test_train.py -k gpu_load"),
 ]
+# The course's break-it labs (notebooks/labs.py), each with the test that must catch its bug.
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))
+from labs import LABS  # noqa: E402
+
+LAB_TESTS = {1: "tests/test_vae.py -k gaussian_kl", 2: "tests/test_vqvae.py -k straight_through",
+             3: "tests/test_diffusion.py -k convert", 4: "tests/test_diffusion.py -k free",
+             5: "tests/test_clip.py -k symmetric", 6: "tests/test_prior.py -k dropped",
+             7: "tests/test_decoder.py -k guidance", 8: "tests/test_unclip.py -k slerp",
+             9: "tests/test_evaluate.py -k closed_form"}
+MUTATIONS += [(f"lab-{week}", path, right, wrong, LAB_TESTS[week])
+              for week, (path, right, wrong, _, _) in LABS.items()]
 
 
 def run(name, path, right, wrong, tests):

@@ -3,7 +3,7 @@ the fast mode, the folder the checkpoints go to, and `train_stage`, which trains
 the project's own command line (`python train.py STAGE ...`, in a subprocess: no notebook holds
 a copy of the training loop) and loads the model back.
 
-    from course import FAST, RUNS, print_run_time, train_stage   # before the project's modules
+    from course import FAST, RUNS, load_or_train, print_run_time, train_stage  # before the modules
 
 Fast mode (UNCLIP_FAST=1, as `python -m pytest tests/test_notebooks.py` runs the notebooks)
 trains a few steps on a few images; UNCLIP_RUNS=DIR puts the checkpoints elsewhere. Paths are
@@ -40,6 +40,19 @@ def train_stage(stage, steps, out, **settings):
     with open(f"{out}/{stage}_log.jsonl") as f:
         log = [json.loads(line) for line in f]
     return restore_model(load_checkpoint(f"{out}/{stage}.pt", stage)), log
+
+
+def load_or_train(stage, steps, out, **settings):
+    """(model, log, where): the model of `python train.py STAGE` from ../out when it is there
+    (outside fast mode), as the course's longer runs leave it; otherwise train_stage trains it
+    here for `steps` into `out`. `where` says which, for the notebook to print."""
+    if not FAST and os.path.exists(f"../out/{stage}.pt"):
+        with open(f"../out/{stage}_log.jsonl") as f:
+            log = [json.loads(line) for line in f]
+        model = restore_model(load_checkpoint(f"../out/{stage}.pt", stage))
+        return model, log, f"../out ({len(log)} steps of python train.py {stage})"
+    model, log = train_stage(stage, steps, out, **settings)
+    return model, log, f"trained here ({len(log)} steps)"
 
 
 def print_run_time():

@@ -2,6 +2,7 @@
 exercise check says "right" to the worked answer and "not yet right" to wrong ones."""
 import copy
 import os
+import re
 import sys
 
 import nbformat
@@ -94,3 +95,69 @@ def test_notebook_runs_top_to_bottom_in_fast_mode(name, runs, monkeypatch):
     assert printed.count("not answered yet") == sum(
         notebook == name for notebook, *_ in exercises.EXERCISES.values())
     assert "fast mode" in printed
+
+
+def test_each_break_it_lab_changes_one_line_of_its_module_and_shows_the_bug(capsys):
+    import labs
+    assert sorted(labs.LABS) == list(range(1, 10))
+    for week, (path, right, wrong, _, _) in labs.LABS.items():
+        with open(os.path.join(labs.ROOT, path)) as f:
+            assert f.read().count(right) == 1 and right != wrong, week
+    sys.argv = ["labs.py", "9"]  # the quickest: the Frechet distance without its factor 2
+    labs.main()
+    shown = capsys.readouterr().out
+    as_it_is, with_the_bug = shown.split("== with the bug")
+    assert "two samples of one Gaussian: 0.033" in as_it_is
+    assert "two samples of one Gaussian: 16.036" in with_the_bug
+    sys.argv = ["labs.py", "10"]
+    with pytest.raises(SystemExit, match="no lab '10'"):
+        labs.main()
+
+
+# Numbers the prose states that no cell prints, each with where it comes from. A number the
+# notebook measures belongs in its output, so that the prose and the output cannot disagree.
+NOT_PRINTED = {
+    "02_vqvae": {"0.99": "a setting, VQVAEConfig.codebook_decay",
+                 "1.73": "the prior's loss, in the figure's title", "5.97": "the same figure",
+                 "0.0052": "another machine's run", "0.0049": "another machine's run"},
+    "03_ddpm": {"0.15": "a setting, diffusion.RING_BLUR", "0.08": "the samples' figure titles",
+                "0.07": "the samples' figure titles", "0.25": "the loss curve",
+                "0.96": "the score field's figure"},
+    "04_guidance": {n: "the fidelity-diversity curves' figure" for n in (
+        "3.58", "0.33", "0.95", "0.98", "0.78", "0.66", "0.46", "0.61", "0.87", "3.2", "1.8", "3.1")},
+    "06_prior": {"0.05": "the loss curve's figure", "2.2": "the AR prior's loss curve"},
+    "09_real_data": {"5.5": "a fit through the figure's points", "0.011": "the same fit",
+                     "0.039": "the same fit", "0.022": "the same fit", "0.002": "the same fit",
+                     "0.08": "the degradation figure"},
+}
+
+
+def _stated_numbers(markdown):
+    """(number as written, its sentence) for each decimal the prose states, outside LaTeX, code
+    and section numbers (§3.2)."""
+    prose = re.sub(r"\$\$.*?\$\$|\$[^$]*\$", " ", markdown, flags=re.S)
+    for sentence in re.split(r"(?<=[.;:!?])\s+(?=[A-Z(*])|\n\n", prose):
+        bare = re.sub(r"`[^`]*`|\]\([^)]*\)|§\s?[\d.]+", " ", sentence)
+        for number in re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w.]*\d)", bare):
+            yield number, sentence
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_every_number_the_prose_states_is_one_the_notebook_prints(name):
+    # Within the prose's rounding; numbers from elsewhere say where (docs/, a command, a paper).
+    cells = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4).cells
+    outputs = " ".join(o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
+                       for c in cells if c.cell_type == "code" for o in c.outputs)
+    printed = [float(v) for v in re.findall(r"\d+\.\d+|\d+", outputs)]
+    code = " ".join(c.source for c in cells if c.cell_type == "code")
+    cited = re.compile(r"docs/|results\.md|README|arXiv|python [\w/]+\.py|notebook \d|"
+                       r"standard error")
+    unexplained = [
+        (number, " ".join(sentence.split())[:120])
+        for cell in cells if cell.cell_type == "markdown"
+        for number, sentence in _stated_numbers(cell.source)
+        if not any(abs(p - float(number)) <= 0.5 * 10 ** -len(number.split(".")[1]) + 1e-9
+                   for p in printed)
+        and number not in code and not cited.search(sentence)
+        and number not in NOT_PRINTED.get(name, {})]
+    assert not unexplained, unexplained
