@@ -124,8 +124,10 @@ NOT_PRINTED = {
                 "0.07": "the samples' figure titles", "0.25": "the loss curve",
                 "0.96": "the score field's figure"},
     "04_guidance": {n: "the fidelity-diversity curves' figure" for n in (
-        "3.58", "0.33", "0.95", "0.98", "0.78", "0.66", "0.46", "0.61", "0.87", "3.2", "1.8", "3.1")},
+        "3.58", "0.33", "0.95", "0.98", "0.78", "0.66", "0.46", "0.61", "0.87", "3.2", "1.8",
+        "3.1")},
     "06_prior": {"0.05": "the loss curve's figure", "2.2": "the AR prior's loss curve"},
+    "07_decoder_upsamplers": {"0.1": "a setting, the largest noise of Upsampler.corrupt"},
     "09_real_data": {"5.5": "a fit through the figure's points", "0.011": "the same fit",
                      "0.039": "the same fit", "0.022": "the same fit", "0.002": "the same fit",
                      "0.08": "the degradation figure"},
