@@ -23,8 +23,7 @@ LABS = {
     1: ("vae.py", "return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)",
         "return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean(-1)", "python vae.py",
         "The KL term is averaged over the code's 32 dimensions instead of summed. What happens "
-        "to the printed bits per dimension, is the model better for it, and what happens to the "
-        "prior samples in out/vae_demo.png?"),
+        "to the printed bits per dimension, and is the model better for it?"),
     2: ("vqvae.py", "return z_e + (z_q - z_e).detach()", "return z_q",
         "python vqvae.py",
         "The straight-through estimator returns z_q itself. Which parameters still learn, and "
