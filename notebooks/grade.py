@@ -398,7 +398,8 @@ def find_submissions(folder):
 
 def run_submission(notebooks, seeds, timeout):
     """(outputs, flags): {name: {seed: output or what stopped it}} from the student's code, run
-    in a fresh process on a fresh copy of the blanked modules; {my_NAME: reason}."""
+    in a fresh process on a fresh copy of the blanked modules, and {my_NAME: why not run}; or
+    (None, why) when the process failed or ran out of time."""
     answers, flags = {}, {}
     for path in notebooks:
         answers[os.path.basename(path).removesuffix(".ipynb")], flagged = read_answers(path)
@@ -457,7 +458,7 @@ def grade(folder, secret=None, timeout=300):
     results = {}
     for student, notebooks in submissions.items():
         outputs, flags = run_submission(notebooks, seeds[student], timeout)
-        if outputs is None:
+        if outputs is None:  # flags holds why
             results[student] = {name: (0.0, f"could not be marked: {flags}")
                                 for name in exercises.EXERCISES}
         else:
