@@ -26,8 +26,8 @@ START = time.time()  # a notebook imports this module in its first cell: its clo
 
 def train_stage(stage, steps, out, **settings):
     """Train with the command line, `python train.py STAGE --steps=N --out=OUT --key=value ...`,
-    then load the model back (its moving average of the weights, where it keeps one) and its
-    per-step log (OUT/STAGE_log.jsonl). Fast mode: a few steps on a few images."""
+    then load the model and its per-step log back (`trained`). Fast mode: a few steps on a few
+    images."""
     if FAST:
         steps, settings = 6, dict(settings, batch_size=8, n_train=256)
     flags = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
@@ -37,6 +37,12 @@ def train_stage(stage, steps, out, **settings):
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    return trained(stage, out)
+
+
+def trained(stage, out):
+    """(model, per-step log) of the stage `python train.py` left in OUT: OUT/STAGE.pt (its
+    moving average of the weights, where it keeps one) and OUT/STAGE_log.jsonl."""
     with open(f"{out}/{stage}_log.jsonl") as f:
         log = [json.loads(line) for line in f]
     return restore_model(load_checkpoint(f"{out}/{stage}.pt", stage)), log
@@ -47,9 +53,7 @@ def load_or_train(stage, steps, out, **settings):
     (outside fast mode), as the course's longer runs leave it; otherwise train_stage trains it
     here for `steps` into `out`. `where` says which, for the notebook to print."""
     if not FAST and os.path.exists(f"../out/{stage}.pt"):
-        with open(f"../out/{stage}_log.jsonl") as f:
-            log = [json.loads(line) for line in f]
-        model = restore_model(load_checkpoint(f"../out/{stage}.pt", stage))
+        model, log = trained(stage, "../out")
         return model, log, f"../out ({len(log)} steps of python train.py {stage})"
     model, log = train_stage(stage, steps, out, **settings)
     return model, log, f"trained here ({len(log)} steps)"

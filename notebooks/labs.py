@@ -82,6 +82,7 @@ LABS = {
 
 
 def run(command, copy):
+    """What a shell command prints, run in the copy of the modules (never the project's own)."""
     done = subprocess.run(command, shell=True, cwd=copy, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ""})
     return (done.stdout + done.stderr).strip()
